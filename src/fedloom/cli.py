@@ -1,0 +1,165 @@
+"""The ``fedloom`` command.
+
+    fedloom run -c CONF [--set key=value ...] [--out DIR]
+    fedloom report DIR
+    fedloom experiment {fl-vs-central,fl-vs-local} -c CONF [--set ...] [--out DIR]
+
+Exit codes: 0 success, 2 bad usage/config/data (one line on stderr), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import FedloomError
+
+__all__ = ["main"]
+
+EXPERIMENTS = ("fl-vs-central", "fl-vs-local")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedloom", description="A federated-learning lab.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def conf_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", required=True, help="JSON, YAML or TOML config (the book's conf.json works)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key; dotted keys reach sections (partition.alpha=0.3)")  # fmt: skip
+        sp.add_argument("--out", help="output directory (default runs/<name>-<time>)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+    run = sub.add_parser("run", help="train a federation and write metrics, summary, figures, report")
+    conf_args(run)
+    rep = sub.add_parser("report", help="re-render the figures and report.md of a run directory")
+    rep.add_argument("dir")
+    exp = sub.add_parser("experiment", help="run one of the book's comparisons")
+    exp.add_argument("name", choices=EXPERIMENTS)
+    conf_args(exp)
+    return p
+
+
+class _Progress:
+    """A rich progress bar showing round, accuracy and loss (silent when quiet)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __enter__(self):
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)  # fmt: skip
+            self.bar.__enter__()
+        return self
+
+    def task(self, description: str, total: int):
+        return self.bar.add_task(description, total=total, info="") if self.bar else None
+
+    def update(self, task, row: dict) -> None:
+        if self.bar is not None and task is not None:
+            info = f"acc {row['accuracy']:.3f}  loss {row['loss']:.3f}" + ("" if row.get("applied", True) else "  (skipped)")
+            self.bar.update(task, advance=1, info=info)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _print_table(title: str, items: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for k, v in items.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .report import render_run
+    from .runs import RunDir, default_out_dir
+    from .simulation import Federation, run_federation
+
+    t0 = time.perf_counter()
+    cfg = load_config(args.config, args.set)
+    fed = Federation.build(cfg)  # data errors surface here, before anything is written
+    out = Path(args.out) if args.out else default_out_dir(cfg.name)
+    run_dir = RunDir(out, cfg.to_dict())
+    with _Progress(args.quiet) as progress:
+        task = progress.task(f"{cfg.name}: rounds", cfg.global_epochs)
+
+        def on_round(row: dict) -> None:
+            run_dir.append(row)
+            if cfg.runtime.checkpoint:
+                run_dir.checkpoint(row["round"], fed.server.global_vec, fed.server.health_table())
+            progress.update(task, row)
+
+        result = run_federation(fed, on_round, wall_start=t0)
+    from .params import load_into
+
+    load_into(fed.model, result.global_vec)
+    summary = {**result.summary, "health": result.health}
+    partition = {"classes": fed.data.classes, "label_counts": fed.data.label_counts().tolist()}
+    run_dir.finish(summary, fed.model.state_dict(), {"partition.json": partition})
+    render_run(out)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    from .runs import write_json
+
+    write_json(out / "summary.json", summary)
+    if not args.quiet:
+        keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "train_seconds", "client_failures")
+        _print_table(f"{cfg.name}: summary", {k: summary[k] for k in keys} | {"output": str(out)})
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_run
+
+    for f in render_run(args.dir):
+        print(f)
+    print(Path(args.dir) / "report.md")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .experiments import run_experiment
+    from .runs import default_out_dir
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else default_out_dir(f"{cfg.name}-{args.name}")
+    with _Progress(args.quiet) as progress:
+        run_experiment(args.name, cfg, out, progress)
+    if not args.quiet:
+        from rich.console import Console
+
+        Console().print((out / "table.md").read_text(encoding="utf-8"))
+        print(f"output: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "report": cmd_report, "experiment": cmd_experiment}[args.command]
+    try:
+        return handler(args)
+    except FedloomError as e:
+        print(f"fedloom: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("fedloom: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

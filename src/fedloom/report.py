@@ -1,0 +1,122 @@
+"""Figures and ``report.md`` from a run directory's files (so ``fedloom report DIR`` can redo them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .runs import read_json
+
+__all__ = ["render_run", "plot_curves", "plot_label_mix", "markdown_table", "new_figure", "save_figure"]
+
+
+def new_figure(*args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_curves(series: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """Accuracy and loss per round, one line per named run (rows as in metrics.jsonl)."""
+    fig, (ax_acc, ax_loss) = new_figure(1, 2, figsize=(10, 4))
+    for label, rows in series.items():
+        rounds = [r["round"] for r in rows]
+        ax_acc.plot(rounds, [r["accuracy"] for r in rows], marker=".", label=label)
+        ax_loss.plot(rounds, [r["loss"] for r in rows], marker=".", label=label)
+    ax_acc.set(xlabel="round", ylabel="accuracy (eval set)", ylim=(0, 1.02), title=f"{title}: accuracy")
+    ax_loss.set(xlabel="round", ylabel="mean cross-entropy (eval set)", title=f"{title}: loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_label_mix(counts: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
+    """Stacked bars: how many rows of each label every client holds."""
+    counts_arr = np.asarray(counts)  # [clients, classes]
+    clients = np.arange(counts_arr.shape[0])
+    fig, ax = new_figure(figsize=(max(6, 0.35 * len(clients) + 3), 4))
+    bottom = np.zeros(len(clients))
+    cmap = __import__("matplotlib").colormaps["tab20" if len(classes) > 10 else "tab10"]
+    for j, name in enumerate(classes):
+        ax.bar(clients, counts_arr[:, j], bottom=bottom, label=name, color=cmap(j % cmap.N), width=0.85)
+        bottom += counts_arr[:, j]
+    ax.set(xlabel="client", ylabel="training rows", title=title)
+    if len(clients) <= 40:
+        ax.set_xticks(clients)
+    ax.legend(title="label", fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return save_figure(fig, path)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A GitHub markdown table; floats in (0, 1] as 4 decimals, others with 4 significant digits."""
+    if not rows:
+        return "(no rows)\n"
+    columns = columns or list(rows[0])
+
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) <= 1 else f"{v:.4g}"
+        if isinstance(v, (list, dict)):
+            return json.dumps(v)
+        return "" if v is None else str(v)
+
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def render_run(run_dir: str | Path) -> list[Path]:
+    """(Re)write the figures and report.md of a ``fedloom run`` directory; returns the figure paths."""
+    d = Path(run_dir)
+    summary, cfg = read_json(d / "summary.json"), read_json(d / "config.json")
+    rows = _read_rows(d / "metrics.jsonl")
+    figs = [plot_curves({cfg["name"]: rows}, d / "figures" / "accuracy.png", cfg["name"])]
+    part = d / "partition.json"
+    if part.is_file():
+        p = read_json(part)
+        title = f"label mix per client ({cfg['partition']['method']})" if not (cfg.get("data") or {}).get("clients") else "label mix per client (one file each)"
+        figs.append(plot_label_mix(p["label_counts"], p["classes"], d / "figures" / "partition.png", title))
+    keys = ["final_accuracy", "final_loss", "best_accuracy", "rounds", "rounds_applied", "bytes_up", "bytes_down",
+            "train_seconds", "wall_seconds", "num_params", "eval_samples", "engine", "aggregator",
+            "client_failures", "seed"]  # fmt: skip
+    lines = [
+        f"# fedloom run: {cfg['name']}",
+        "",
+        f"{cfg['type']} · {cfg['model_name']} · {cfg['no_models']} clients, k={cfg['k']} per round, "
+        f"{cfg['global_epochs']} rounds × {cfg['local_epochs']} local epochs · seed {cfg['seed']}",
+        "",
+        markdown_table([{"metric": k, "value": summary.get(k)} for k in keys if k in summary]),
+        *[f"![{f.stem}](figures/{f.name})" for f in figs],
+        "",
+        "## Rounds",
+        "",
+        markdown_table(rows, ["round", "accuracy", "loss", "train_loss", "bytes_up", "bytes_down", "seconds", "clients", "failed"]),
+    ]
+    health = summary.get("health")
+    if health:
+        lines += ["## Client health", "", markdown_table([{"client": c, **h} for c, h in health.items()])]
+    (d / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return figs

@@ -1,0 +1,99 @@
+"""The server: the global model, seeded sampling of k clients, aggregation, evaluation, client health.
+
+The server never trains and never touches client data; it sees only what clients send back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .aggregators import Aggregator
+from .params import Layout, load_into
+
+__all__ = ["Server", "ClientHealth"]
+
+_SAMPLE_TAG = 3  # stream id of the sampling RNG
+_EVAL_BATCH = 4096  # rows per evaluation forward pass: bounds memory on large eval sets
+
+
+@dataclass
+class ClientHealth:
+    """What the server knows of one client: rounds it was picked for, joined (answered) and failed."""
+
+    picked: int = 0
+    joined: int = 0
+    failures: int = 0
+    last_round: int = 0
+    last_error: str = ""
+
+
+class Server:
+    def __init__(
+        self,
+        model: nn.Module,
+        global_vec: torch.Tensor,
+        aggregator: Aggregator,
+        x_eval: torch.Tensor,
+        y_eval: torch.Tensor,
+        num_clients: int,
+        k: int,
+        seed: int,
+    ):
+        self.model = model
+        self.layout = Layout.from_model(model)
+        self.global_vec = global_vec.clone()
+        self.aggregator = aggregator
+        self.x_eval, self.y_eval = x_eval, y_eval
+        self.num_clients, self.k, self.seed = num_clients, k, seed
+        self.health: dict[int, ClientHealth] = {}
+
+    def sample(self, round: int) -> list[int]:
+        """``k`` distinct client ids for ``round``; a pure function of (seed, round)."""
+        rng = np.random.default_rng([self.seed, round, _SAMPLE_TAG])
+        return sorted(int(c) for c in rng.choice(self.num_clients, size=self.k, replace=False))
+
+    def aggregate(self, diffs: torch.Tensor, num_samples: torch.Tensor) -> None:
+        """Apply the cohort's updates ``[clients, params]`` to the global model."""
+        self.global_vec = self.aggregator.aggregate(self.global_vec, diffs, num_samples)
+
+    @torch.no_grad()
+    def evaluate(self, vec: torch.Tensor | None = None) -> tuple[float, float]:
+        """(accuracy as a fraction, mean cross-entropy) of ``vec`` (default: the global model) on the eval set."""
+        load_into(self.model, self.global_vec if vec is None else vec)
+        self.model.eval()
+        correct, loss = 0, 0.0
+        for start in range(0, len(self.y_eval), _EVAL_BATCH):
+            x, y = self.x_eval[start : start + _EVAL_BATCH], self.y_eval[start : start + _EVAL_BATCH]
+            logits = self.model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+        n = max(1, len(self.y_eval))
+        return correct / n, loss / n
+
+    # --- client health -------------------------------------------------------------------------------
+    def _h(self, cid: int) -> ClientHealth:
+        return self.health.setdefault(cid, ClientHealth())
+
+    def record_picked(self, cid: int, round: int) -> None:
+        self._h(cid).picked += 1
+
+    def record_joined(self, cid: int, round: int) -> None:
+        h = self._h(cid)
+        h.joined += 1
+        h.last_round = round
+
+    def record_failure(self, cid: int, round: int, reason: str) -> None:
+        h = self._h(cid)
+        h.failures += 1
+        h.last_error = f"round {round}: {reason}"
+
+    def health_table(self) -> dict[str, dict]:
+        return {str(c): asdict(h) for c, h in sorted(self.health.items())}
+
+    def load_health(self, table: dict[str, dict]) -> None:
+        self.health = {int(c): ClientHealth(**h) for c, h in table.items()}

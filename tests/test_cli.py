@@ -1,0 +1,99 @@
+"""The command as a user runs it: a subprocess, its exit code, its stderr, its files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def fedloom(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fedloom.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=300)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_run_iris_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    p = fedloom("run", "-c", ROOT / "configs" / "iris.json", "--out", out)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "wall_seconds",
+                "train_seconds", "num_params", "eval_samples", "seed"):  # fmt: skip
+        assert key in summary
+    assert summary["final_accuracy"] >= 0.9 and summary["rounds"] == 30
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and {"round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"} <= set(rows[0])
+    assert rows[-1]["accuracy"] == summary["final_accuracy"]
+    for f in ("config.json", "model.pt", "checkpoint.pt", "report.md", "figures/accuracy.png", "figures/partition.png"):
+        assert (out / f).is_file(), f
+    import torch
+
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["round"] == 30 and ckpt["global"].numel() == summary["num_params"]
+    assert set(torch.load(out / "model.pt", weights_only=True)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    # report re-renders from the files alone
+    (out / "report.md").unlink()
+    assert fedloom("report", out).returncode == 0 and (out / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_book_conf_runs_its_20_rounds(tmp_path):
+    p = fedloom("run", "-c", ROOT / "configs" / "book_ch3.json", "--out", tmp_path / "b", "-q")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["rounds"] == 20
+
+
+def _bad(tmp_path, name, text):
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+CASES = [
+    ("malformed.json", '{"k": 3,', "malformed JSON"),
+    ("type.json", '{"k": "three"}', "field 'k'"),
+    ("typo.json", '{"no_model": 3}', "did you mean 'no_models'"),
+    ("k.json", '{"k": 20, "no_models": 10}', "k (20) must be ≤ no_models (10)"),
+    ("ds.json", '{"type": "imagenet"}', "needs a download"),
+    ("ds2.json", '{"type": "irsi"}', "unknown dataset 'irsi'"),
+    ("model.json", '{"model_name": "gpt"}', "unknown model 'gpt'"),
+    ("lr.json", '{"lr": -0.1}', "field 'lr'"),
+    ("csvmissing.json", '{"type": "csv", "no_models": 2, "k": 1, "data": {"path": "nope.csv"}}', "data file not found"),
+    ("section.yaml", "partition:\n  method: dirichlet\n  alpa: 0.1\n", "did you mean 'alpha'"),
+    ("cnn.json", '{"model_name": "cnn", "type": "iris"}', "needs image data"),
+    ("toomany.json", '{"no_models": 500, "k": 5}', "no_models (500) exceeds the 120 training rows"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "needle"), CASES)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, name, text, needle):
+    out = tmp_path / "out"
+    p = fedloom("run", "-c", _bad(tmp_path, name, text), "--out", out)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_csv_without_label_column_exits_2(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n3,4\n")
+    conf = _bad(tmp_path, "c.json", '{"type": "csv", "no_models": 1, "k": 1, "data": {"path": "t.csv", "label": "y"}}')
+    p = fedloom("run", "-c", conf, "--out", tmp_path / "o")
+    assert p.returncode == 2 and "no label column 'y'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert fedloom("run").returncode == 2  # -c is required
+    assert fedloom("experiment", "nope", "-c", "x").returncode == 2
+    p = fedloom("run", "-c", tmp_path / "missing.json")
+    assert p.returncode == 2 and "config file not found" in p.stderr
+    p = fedloom("run", "-c", ROOT / "configs" / "iris.json", "--set", "oops")
+    assert p.returncode == 2 and "expected key=value" in p.stderr
+    p = fedloom("report", tmp_path)
+    assert p.returncode == 2 and "summary.json: not found" in p.stderr

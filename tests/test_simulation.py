@@ -1,0 +1,100 @@
+import torch
+
+from fedloom.config import build_config
+from fedloom.simulation import Federation, run_federation
+from fedloom.training import LocalSpec, SequentialEngine, client_seed, train_one
+from fedloom.wire import pack_vector
+
+
+def _run(cfg):
+    return run_federation(Federation.build(cfg))
+
+
+def test_same_config_and_seed_give_the_same_numbers(iris_cfg):
+    a, b = _run(iris_cfg), _run(iris_cfg)
+    keys = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "clients", "train_loss")
+    assert [[r[k] for k in keys] for r in a.rows] == [[r[k] for k in keys] for r in b.rows]
+    assert torch.equal(a.global_vec, b.global_vec)
+    c = _run(iris_cfg.model_copy(update={"seed": 1}))
+    assert not torch.equal(a.global_vec, c.global_vec)
+
+
+def test_iris_seed_config_learns():
+    res = _run(build_config({}))  # the defaults are configs/iris.json: 10 clients, k 5, 30 rounds
+    assert res.summary["final_accuracy"] >= 0.9
+    assert res.summary["rounds"] == 30 and res.summary["num_params"] == 27  # Linear(4,3) + Linear(3,3)
+
+
+def test_sampling_is_k_distinct_clients_and_seeded(iris_cfg):
+    fed = Federation.build(iris_cfg)
+    picks = [fed.server.sample(r) for r in range(1, 20)]
+    assert all(len(set(p)) == iris_cfg.k and all(0 <= c < iris_cfg.no_models for c in p) for p in picks)
+    assert picks == [Federation.build(iris_cfg).server.sample(r) for r in range(1, 20)]
+    assert len({tuple(p) for p in picks}) > 1
+
+
+def test_round_applies_the_aggregate_of_the_trained_diffs(iris_cfg):
+    fed = Federation.build(iris_cfg.model_copy(update={"lambda_": 0.5}))
+    g0 = fed.server.global_vec.clone()
+    cohort = fed.server.sample(1)
+    expected = SequentialEngine().train(fed.model, g0, fed.data, cohort, fed.spec, iris_cfg.seed, 1)
+    row = fed.run_round(1)
+    assert row["clients"] == cohort
+    assert torch.allclose(fed.server.global_vec, g0 + 0.5 * expected.diffs.sum(0), atol=1e-6)
+
+
+def test_bytes_are_the_lengths_of_the_real_payloads(iris_cfg):
+    fed = Federation.build(iris_cfg)
+    row = fed.run_round(1)
+    up = sum(len(pack_vector(torch.zeros(fed.num_params), "update", client=c, round=1)) for c in row["clients"])
+    down = len(pack_vector(fed.server.global_vec, "global", round=1)) * iris_cfg.k
+    assert row["bytes_up"] == up and row["bytes_down"] == down
+    assert row["bytes_up"] > 4 * fed.num_params * iris_cfg.k  # fp32 values plus a header
+
+
+def test_dropout_goes_on_with_survivors_and_records_health():
+    cfg = build_config({"global_epochs": 8, "no_models": 6, "k": 4, "runtime": {"dropout": 0.4, "min_clients": 1}})
+    res = _run(cfg)
+    failed = sum(len(r["failed"]) for r in res.rows)
+    assert 0 < failed < 8 * 4
+    for r in res.rows:
+        assert set(r["clients"]).isdisjoint(int(c) for c in r["failed"])
+        assert len(r["clients"]) + len(r["failed"]) == 4 or not r["applied"]
+    health = res.health
+    assert sum(h["failures"] for h in health.values()) == failed
+    assert sum(h["joined"] for h in health.values()) == sum(len(r["clients"]) for r in res.rows)
+
+
+def test_too_few_survivors_skip_the_round_without_changing_the_model():
+    cfg = build_config({"global_epochs": 6, "no_models": 4, "k": 4, "runtime": {"dropout": 0.6, "min_clients": 4}})
+    fed = Federation.build(cfg)
+    skipped = 0
+    for r in range(1, 7):
+        before = fed.server.global_vec.clone()
+        row = fed.run_round(r)
+        if not row["applied"]:
+            skipped += 1
+            assert torch.equal(fed.server.global_vec, before)
+            assert row["clients"] == [] and row["bytes_up"] == 0 and row["failed"]
+    assert skipped > 0, "with dropout 0.6 and min_clients = k some round must be skipped"
+
+
+def test_clients_refuse_when_memory_is_short():
+    cfg = build_config({"global_epochs": 2, "no_models": 3, "k": 3, "runtime": {"client_memory_mb": 1e-4}})
+    res = _run(cfg)
+    assert all(not r["applied"] for r in res.rows)
+    reason = next(iter(res.rows[0]["failed"].values()))
+    assert reason.startswith("refused: needs") and "MB free" in reason
+
+
+def test_training_never_writes_into_the_global_vector(iris_cfg):
+    fed = Federation.build(iris_cfg)
+    g = fed.server.global_vec.clone()
+    idx = fed.data.client_indices(0)
+    diff, _ = train_one(fed.model, g, fed.data.x_train[idx], fed.data.y_train[idx], LocalSpec(2, 4, 0.1, 0.9), 5)
+    assert torch.equal(g, fed.server.global_vec) and diff.abs().sum() > 0
+
+
+def test_client_seeds_are_distinct_streams():
+    seeds = {client_seed(0, r, c) for r in range(5) for c in range(50)}
+    assert len(seeds) == 250 and all(0 <= s < 2**63 for s in seeds)
