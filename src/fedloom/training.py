@@ -106,6 +106,18 @@ class SequentialEngine:
         )
 
 
-def make_engine(name: str) -> SequentialEngine:
-    """The engine for ``runtime.engine`` (``auto`` picks the fastest available)."""
-    return SequentialEngine()
+def make_engine(name: str, chunk: int | None = None) -> object:
+    """The engine for ``runtime.engine`` (anything with :meth:`SequentialEngine.train`'s signature).
+
+    ``sequential`` or ``vectorized`` force one; ``auto`` trains vectorized whenever the model allows it
+    (:func:`fedloom.engine_vectorized.supports`), else sequential. ``chunk`` caps the clients the vectorized
+    engine trains together (default: sized from free memory)."""
+    if name == "sequential":
+        return SequentialEngine()
+    from .engine_vectorized import AutoEngine, VectorizedEngine  # late: that module builds on this one
+
+    if name == "vectorized":
+        return VectorizedEngine(chunk)
+    if name == "auto":
+        return AutoEngine(chunk)
+    raise ValueError(f"unknown engine '{name}'; known: auto, vectorized, sequential")

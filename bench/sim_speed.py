@@ -1,0 +1,396 @@
+"""Simulation speed: fedloom's engines side by side with a book-style PyTorch loop (and Flower / pfl-research
+when they are importable), in one process run, printed as one ratio table.
+
+    python bench/sim_speed.py                      # all workloads, 1 and 2 torch threads, median of 3
+    python bench/sim_speed.py --quick              # one timed repetition, S3 with the vectorized engine only
+    python bench/sim_speed.py --workloads seed,s1 --threads 2
+
+Workloads (issue 3); every contender runs the same algorithm: local SGD with momentum, cross-entropy, and
+the server step ``G += λ·Σ diff`` with ``λ = 1/k`` (the mean update):
+
+- seed: iris, fnn [3], 10 clients, k 5, 20 rounds, 3 local epochs, batch 10, lr 0.3
+- s1:   mnist 5k (4 000 train rows), mlp [100], 8 clients × 500 rows, all 8 per round, 5 rounds, 1 epoch,
+        batch 32, lr 0.1
+- s2:   digits, mlp [32], 100 clients, all 100 per round, 5 rounds, 1 epoch, batch 10, lr 0.3
+- s3:   Synthetic(1, 1) (FedProx §5.1), logreg, 10 000 clients, 1 000 per round, 2 rounds: peak RSS, each
+        contender in its own subprocess so the number is that workload's alone.
+
+Time is the round loop (local training, aggregation and evaluation of every round), after a warm-up run of
+the same contender in the same process: the first ``torch.optim`` step of a process costs ~1.5–2 s here.
+Repetitions are interleaved across contenders so that load from other jobs on the machine hits all alike;
+the table reports medians. Compare ratios within one run, not seconds across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+
+from fedloom.config import Config, build_config
+from fedloom.data import FedData, load_data
+from fedloom.data.partition import Partition
+from fedloom.data.synthetic import synthetic
+from fedloom.models import build_model
+from fedloom.simulation import Federation, run_federation
+
+WORKLOADS = {
+    "seed": {"type": "iris", "model_name": "fnn", "no_models": 10, "k": 5, "global_epochs": 20,
+             "local_epochs": 3, "batch_size": 10, "lr": 0.3},
+    "s1": {"type": "mnist", "model_name": "mlp", "hidden": [100], "no_models": 8, "k": 8, "global_epochs": 5,
+           "local_epochs": 1, "batch_size": 32, "lr": 0.1},
+    "s2": {"type": "digits", "model_name": "mlp", "hidden": [32], "no_models": 100, "k": 100, "global_epochs": 5,
+           "local_epochs": 1, "batch_size": 10, "lr": 0.3},
+    "s3": {"type": "iris", "model_name": "logreg", "no_models": 10_000, "k": 1_000, "global_epochs": 2,
+           "local_epochs": 1, "batch_size": 10, "lr": 0.05},
+}  # fmt: skip
+S3_DATA = {"num_samples": 500_000, "dim": 60, "classes": 10, "alpha": 1.0, "beta": 1.0, "eval_fraction": 0.1}
+SEED = 0
+
+
+def config(workload: str, engine: str = "auto") -> Config:
+    raw = dict(WORKLOADS[workload], seed=SEED, runtime={"engine": engine, "checkpoint": False})
+    raw["lambda"] = 1.0 / raw["k"]
+    return build_config(raw)
+
+
+def s3_data(seed: int = SEED) -> FedData:
+    """Synthetic(α, β) with 10 000 clients; every client lends a random tenth of its rows (never its first
+    one) to the pooled eval set. Rows stay grouped by client, so the partition is just offsets."""
+    s = S3_DATA
+    rng = np.random.default_rng(seed)
+    x, y, sizes = synthetic(WORKLOADS["s3"]["no_models"], s["num_samples"], s["dim"], s["classes"], s["alpha"],
+                            s["beta"], rng, min_size=2)  # fmt: skip
+    held = rng.random(len(y)) < s["eval_fraction"]
+    held[np.cumsum(sizes) - sizes] = False  # every client keeps at least one training row
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    train_sizes = np.bincount(owner[~held], minlength=len(sizes))
+    part = Partition(np.arange(int(train_sizes.sum()), dtype=np.int64), np.concatenate([[0], np.cumsum(train_sizes)]))
+    return FedData(
+        "synthetic", torch.from_numpy(x[~held]), torch.from_numpy(y[~held]), torch.from_numpy(x[held]),
+        torch.from_numpy(y[held]), [str(c) for c in range(s["classes"])], part, None,
+    )  # fmt: skip
+
+
+def workload_data(workload: str) -> FedData:
+    return s3_data() if workload == "s3" else load_data(config(workload))
+
+
+# --------------------------------------------------------------------------------------------- contenders
+# A contender runs one workload and returns {"seconds": timed part (wall), "cpu": its process CPU time,
+# "train": local training inside it (wall), "accuracy": final accuracy}.
+Result = dict[str, float]
+nan = float("nan")
+
+
+def run_fedloom(engine: str) -> Callable[[str, FedData], Result]:
+    def run(workload: str, data: FedData) -> Result:
+        fed = Federation.build(config(workload, engine), data)
+        inner, spent = fed.engine.train, [0.0]
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            spent[0] += time.perf_counter() - t0
+            return out
+
+        fed.engine.train = timed  # instance attribute: time spent in local training only
+        cpu = time.process_time()
+        res = run_federation(fed)
+        cpu = time.process_time() - cpu
+        assert res.summary["engine"] == engine, res.summary["engine"]
+        acc = res.summary["final_accuracy"]
+        return {"seconds": res.summary["train_seconds"], "cpu": cpu, "train": spent[0], "accuracy": acc}
+
+    return run
+
+
+def _local_sgd(model: torch.nn.Module, loader: DataLoader, cfg: Config) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    model.train()
+    for _ in range(cfg.local_epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+
+def _accuracy(model: torch.nn.Module, data: FedData) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(data.x_eval).argmax(1) == data.y_eval).float().mean())
+
+
+def run_book(workload: str, data: FedData) -> Result:
+    """The textbook loop (《联邦学习实战》 ch.3 style): one DataLoader per client over its rows, a model copy
+    per sampled client, torch.optim.SGD, then ``G += λ·Σ diff`` on the state dict; evaluation every round."""
+    cfg = config(workload)
+    model = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed)
+    train = TensorDataset(data.x_train, data.y_train)
+    loaders = [
+        DataLoader(train, batch_size=cfg.batch_size, sampler=SubsetRandomSampler(data.partition.indices(c).tolist()))
+        for c in range(cfg.no_models)
+    ]
+    rng = np.random.default_rng(SEED)
+    torch.manual_seed(SEED)
+    t0, cpu, training = time.perf_counter(), time.process_time(), 0.0
+    for _ in range(cfg.global_epochs):
+        t1 = time.perf_counter()
+        total = {name: torch.zeros_like(p) for name, p in model.state_dict().items()}
+        for c in rng.choice(cfg.no_models, cfg.k, replace=False):
+            local = copy.deepcopy(model)
+            _local_sgd(local, loaders[c], cfg)
+            for name, p in local.state_dict().items():
+                total[name] += p - model.state_dict()[name]
+        training += time.perf_counter() - t1
+        for name, p in model.state_dict().items():
+            p.add_(total[name], alpha=cfg.lambda_)
+        accuracy = _accuracy(model, data)
+    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - cpu, "train": training,
+            "accuracy": accuracy}  # fmt: skip
+
+
+def run_flower(workload: str, data: FedData) -> Result:
+    """Flower's simulation (Ray backend), end to end: the same local SGD in a NumPyClient, FedAvg with every
+    client weighted 1 (the plain mean = λ = 1/k), central evaluation each round."""
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    cfg = config(workload)
+    build = lambda: build_model(  # noqa: E731
+        cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed
+    )
+    model, final = build(), {}
+
+    def arrays(m: torch.nn.Module) -> list[np.ndarray]:
+        return [v.detach().numpy().copy() for v in m.state_dict().values()]
+
+    def load(m: torch.nn.Module, values: list[np.ndarray]) -> None:
+        m.load_state_dict({k: torch.from_numpy(v) for k, v in zip(m.state_dict(), values)})
+
+    class BookClient(NumPyClient):
+        def __init__(self, cid: int):
+            idx = data.client_indices(cid)
+            self.loader = DataLoader(TensorDataset(data.x_train[idx], data.y_train[idx]), cfg.batch_size, shuffle=True)
+
+        def fit(self, parameters, config):
+            local = build()
+            load(local, parameters)
+            _local_sgd(local, self.loader, cfg)
+            return arrays(local), 1, {}
+
+    def evaluate(server_round, parameters, config):
+        load(model, parameters)
+        final["accuracy"] = _accuracy(model, data)
+        return 0.0, {"accuracy": final["accuracy"]}
+
+    strategy = FedAvg(
+        fraction_fit=cfg.k / cfg.no_models,
+        fraction_evaluate=0.0,
+        min_fit_clients=cfg.k,
+        min_available_clients=cfg.no_models,
+        evaluate_fn=evaluate,
+        initial_parameters=ndarrays_to_parameters(arrays(model)),
+    )
+    server = ServerApp(
+        server_fn=lambda ctx: ServerAppComponents(strategy=strategy, config=ServerConfig(cfg.global_epochs))
+    )
+    client = ClientApp(client_fn=lambda ctx: BookClient(int(ctx.node_config["partition-id"])).to_client())
+    t0 = time.perf_counter()
+    run_simulation(server, client, num_supernodes=cfg.no_models, backend_config={"client_resources": {"num_cpus": 1}})
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "cpu": nan, "train": nan, "accuracy": final.get("accuracy", nan)}
+
+
+def _available(*modules: str, hint: str) -> str | None:
+    """None when every module imports, else the reason to skip."""
+    for m in modules:
+        try:
+            __import__(m)
+        except Exception as e:  # ImportError, or a broken install
+            return f"skipped: {m} not importable ({type(e).__name__}); {hint}"
+    return None
+
+
+CONTENDERS: dict[str, Callable[[str, FedData], Result]] = {
+    "fedloom vectorized": run_fedloom("vectorized"),
+    "fedloom sequential": run_fedloom("sequential"),
+    "book-style loop": run_book,
+    "flower simulation": run_flower,
+}
+SKIPPED = {
+    "flower simulation": _available("flwr", "ray", hint="pip install 'flwr[simulation]' (Ray backend)"),
+    "pfl-research": _available("pfl", hint="pip install pfl, in its own environment (it pins an older attrs)")
+    or "skipped: pfl is importable but this benchmark has no driver for it yet",
+}
+IN_S3 = ("fedloom vectorized", "fedloom sequential", "book-style loop")  # Flower's 10 000 Ray clients: not here
+
+
+# --------------------------------------------------------------------------------------------- measuring
+def time_workload(workload: str, threads: list[int], reps: int) -> dict[str, dict[int, Result]]:
+    """{contender: {threads: median result}} for the runnable in-process contenders."""
+    data = workload_data(workload)
+    runnable = {n: f for n, f in CONTENDERS.items() if not SKIPPED.get(n)}
+    out: dict[str, dict[int, Result]] = {n: {} for n in runnable}
+    for t in threads:
+        torch.set_num_threads(t)
+        for run in runnable.values():
+            run(workload, data)  # warm-up: first optimizer step, vmap tracing, allocator
+        got: dict[str, list[Result]] = {n: [] for n in runnable}
+        for _ in range(reps):  # interleaved, so background load hits every contender alike
+            for name, run in runnable.items():
+                got[name].append(run(workload, data))
+        for name, results in got.items():
+            out[name][t] = {k: statistics.median(r[k] for r in results) for k in results[0]}
+            out[name][t]["accuracy"] = results[-1]["accuracy"]
+    return out
+
+
+def sgemm_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
+    """Measured float32 matmul speed of this machine (GFLOP/s) at ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def s1_flops() -> tuple[float, float]:
+    """(training, evaluation) FLOPs of S1's round loop: forward 2·(784·100 + 100·10) per row; backward the
+    weight gradients (as many) plus the input gradient of layer 2 (2·100·10), none for layer 1's input.
+    (ENGINE_NOTES' ≈9.5 GFLOP counts training as 3 forwards and no evaluation.)"""
+    cfg, rows = config("s1"), 4_000  # 8 clients × 500 rows, every client every round
+    fwd = 2 * (784 * 100 + 100 * 10)
+    train = cfg.global_epochs * cfg.local_epochs * rows * (2 * fwd + 2 * 100 * 10)
+    return float(train), float(cfg.global_epochs * 1_000 * fwd)  # 1 000 eval rows per round
+
+
+def s3_child(contender: str) -> None:
+    """Run S3 with one contender and print its numbers (this process holds nothing else)."""
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    t0 = time.perf_counter()
+    data = s3_data()
+    built = time.perf_counter() - t0
+    res = CONTENDERS[contender]("s3", data)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(json.dumps({**res, "peak_rss_mb": peak_mb, "data_seconds": built}))
+
+
+def s3(contenders: list[str], threads: int) -> dict[str, dict]:
+    """S3 with each contender in its own process: its peak RSS is that workload's alone."""
+    out = {}
+    for name in contenders:
+        env = dict(os.environ, BENCH_THREADS=str(threads))
+        proc = subprocess.run([sys.executable, __file__, "--s3-child", name], capture_output=True, text=True, env=env)
+        lines = (proc.stdout.strip() or proc.stderr.strip() or "no output").splitlines()
+        out[name] = json.loads(lines[-1]) if proc.returncode == 0 else {"error": lines[-1]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- printing
+def _ratio(book: float, x: float) -> str:
+    return f"{book / x:.1f}" if book == book and x == x else ""  # blank when either is NaN
+
+
+def print_table(results: dict, s3_res: dict | None, s3_threads: int) -> None:
+    head = ["workload", "contender", "threads", "round loop s", "× book", "cpu s", "× book",
+            "local training s", "× book", "accuracy"]  # fmt: skip
+    rows: list[list[str]] = []
+    for workload, by_name in results.items():
+        book = by_name.get("book-style loop", {})
+        for name, by_threads in by_name.items():
+            for t, r in by_threads.items():
+                b = book.get(t, {"seconds": nan, "cpu": nan, "train": nan})
+                cells = [f"{r['seconds']:.3f}", _ratio(b["seconds"], r["seconds"])]
+                cells += [f"{r['cpu']:.3f}" if r["cpu"] == r["cpu"] else "", _ratio(b["cpu"], r["cpu"])]
+                cells += [f"{r['train']:.3f}" if r["train"] == r["train"] else "(end to end)"]
+                cells += [_ratio(b["train"], r["train"]), f"{r['accuracy']:.4f}"]
+                rows.append([workload, name, str(t), *cells])
+    for name, r in (s3_res or {}).items():
+        if "error" in r:
+            rows.append(["s3", name, str(s3_threads), f"failed: {r['error']}"])
+            continue
+        cells = [f"{r['seconds']:.3f}", "", f"{r['cpu']:.3f}", "", f"{r['train']:.3f}", "", f"{r['accuracy']:.4f}"]
+        rows.append(["s3", name, str(s3_threads), *cells, f"peak RSS {r['peak_rss_mb']:.0f} MB"])
+    full = [r for r in rows if len(r) >= len(head)]
+    widths = [max(len(x) for x in col) for col in zip(head, *full)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths + [0])))
+    for name, reason in SKIPPED.items():
+        if reason:
+            print(f"{name}: {reason}")
+    print()
+    for workload, by_name in results.items():  # same-accuracy check
+        t = max(by_name["fedloom vectorized"])
+        acc = {name: r[t]["accuracy"] for name, r in by_name.items()}
+        same = acc["fedloom vectorized"] == acc.get("fedloom sequential")
+        spread = 100 * (max(acc.values()) - min(acc.values()))
+        print(f"{workload}: fedloom engines {'identical' if same else 'DIFFER'} in final accuracy; "
+              f"all contenders within {spread:.1f} points")  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one timed repetition; S3 with the vectorized engine only")
+    p.add_argument("--workloads", default="seed,s1,s2,s3", help="comma-separated subset of seed,s1,s2,s3")
+    p.add_argument("--threads", default="1,2", help="torch thread counts to time, e.g. 1,2")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per contender (the table shows medians)")
+    p.add_argument("--s3-child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.s3_child:
+        return s3_child(args.s3_child)
+    names = [w.strip().lower() for w in args.workloads.split(",") if w.strip()]
+    unknown = set(names) - set(WORKLOADS)
+    if unknown:
+        p.error(f"unknown workloads {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
+    threads = [int(t) for t in args.threads.split(",")]
+    reps = 1 if args.quick else args.reps
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load:.1f} at start; median of {reps};")
+    print("λ = 1/k; round loop = local training + aggregation + evaluation of every round, after a warm-up run")
+    results = {w: time_workload(w, threads, reps) for w in names if w != "s3"}
+    s3_res = None
+    if "s3" in names:
+        s3_res = s3(["fedloom vectorized"] if args.quick else list(IN_S3), min(threads))
+    print()
+    print_table(results, s3_res, min(threads))
+    if "s1" in results:
+        train_flops, eval_flops = s1_flops()
+        flops = train_flops + eval_flops
+        print()
+        for t in threads:
+            speed = sgemm_gflops(t)
+            floor = flops / speed / 1e9
+            vec = results["s1"]["fedloom vectorized"][t]["seconds"]
+            print(
+                f"S1 compute floor @{t} thread(s): {flops / 1e9:.2f} GFLOP (training {train_flops / 1e9:.2f} + "
+                f"evaluation {eval_flops / 1e9:.2f}) ÷ {speed:.0f} GFLOP/s (sgemm 1024³, measured now) = "
+                f"{floor:.3f} s; fedloom vectorized round loop {vec:.3f} s = {vec / floor:.1f}× the floor"
+            )
+    print(
+        f"\nload average {os.getloadavg()[0]:.1f} at end (other jobs share this machine: compare ratios, not seconds)"
+    )
+
+
+if __name__ == "__main__":
+    main()
