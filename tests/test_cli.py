@@ -13,8 +13,14 @@ ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK":
 
 
 def fedloom(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fedloom.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "fedloom.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=ENV,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -23,20 +29,42 @@ def test_run_iris_end_to_end(tmp_path):
     p = fedloom("run", "-c", ROOT / "configs" / "iris.json", "--out", out)
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "wall_seconds",
-                "train_seconds", "num_params", "eval_samples", "seed"):  # fmt: skip
+    for key in (
+        "final_accuracy",
+        "final_loss",
+        "rounds",
+        "bytes_up",
+        "bytes_down",
+        "wall_seconds",
+        "train_seconds",
+        "num_params",
+        "eval_samples",
+        "seed",
+    ):
         assert key in summary
     assert summary["final_accuracy"] >= 0.9 and summary["rounds"] == 30
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 30 and {"round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"} <= set(rows[0])
     assert rows[-1]["accuracy"] == summary["final_accuracy"]
-    for f in ("config.json", "model.pt", "checkpoint.pt", "report.md", "figures/accuracy.png", "figures/partition.png"):
+    for f in (
+        "config.json",
+        "model.pt",
+        "checkpoint.pt",
+        "report.md",
+        "figures/accuracy.png",
+        "figures/partition.png",
+    ):
         assert (out / f).is_file(), f
     import torch
 
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["round"] == 30 and ckpt["global"].numel() == summary["num_params"]
-    assert set(torch.load(out / "model.pt", weights_only=True)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert set(torch.load(out / "model.pt", weights_only=True)) == {
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    }
     # report re-renders from the files alone
     (out / "report.md").unlink()
     assert fedloom("report", out).returncode == 0 and (out / "report.md").is_file()
@@ -64,7 +92,11 @@ CASES = [
     ("ds2.json", '{"type": "irsi"}', "unknown dataset 'irsi'"),
     ("model.json", '{"model_name": "gpt"}', "unknown model 'gpt'"),
     ("lr.json", '{"lr": -0.1}', "field 'lr'"),
-    ("csvmissing.json", '{"type": "csv", "no_models": 2, "k": 1, "data": {"path": "nope.csv"}}', "data file not found"),
+    (
+        "csvmissing.json",
+        '{"type": "csv", "no_models": 2, "k": 1, "data": {"path": "nope.csv"}}',
+        "data file not found",
+    ),
     ("section.yaml", "partition:\n  method: dirichlet\n  alpa: 0.1\n", "did you mean 'alpha'"),
     ("cnn.json", '{"model_name": "cnn", "type": "iris"}', "needs image data"),
     ("toomany.json", '{"no_models": 500, "k": 5}', "no_models (500) exceeds the 120 training rows"),
@@ -97,3 +129,29 @@ def test_usage_errors_exit_2(tmp_path):
     assert p.returncode == 2 and "expected key=value" in p.stderr
     p = fedloom("report", tmp_path)
     assert p.returncode == 2 and "summary.json: not found" in p.stderr
+
+
+@pytest.mark.slow
+def test_book_15_4_encrypted_model_runs_from_the_cli(tmp_path):
+    out = tmp_path / "he"
+    p = fedloom("run", "-c", ROOT / "configs" / "book_15_4.json", "--set", "global_epochs=3", "--out", out, "-q")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["eval_samples"] == 114 and summary["key_bits"] == 1024
+    assert summary["he_encrypt_seconds"] > 0 and summary["bytes_up"] > 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3 and (out / "figures" / "accuracy.png").is_file()
+
+
+def test_encrypted_model_refuses_a_multiclass_dataset(tmp_path):
+    p = fedloom(
+        "run",
+        "-c",
+        ROOT / "configs" / "book_15_4.json",
+        "--set",
+        "type=iris",
+        "--set",
+        "feature_num=null",
+        "--out",
+        tmp_path / "x",
+    )
+    assert p.returncode == 2 and "needs 2 classes" in p.stderr and not (tmp_path / "x").exists()

@@ -5,8 +5,18 @@ import pytest
 from fedloom.config import apply_overrides, build_config, load_config
 from fedloom.errors import ConfigError
 
-BOOK = {"model_name": "fnn", "no_models": 10, "type": "iris", "global_epochs": 20, "local_epochs": 3, "k": 5,
-        "batch_size": 32, "lr": 0.001, "momentum": 0.0001, "lambda": 0.1}  # fmt: skip
+BOOK = {
+    "model_name": "fnn",
+    "no_models": 10,
+    "type": "iris",
+    "global_epochs": 20,
+    "local_epochs": 3,
+    "k": 5,
+    "batch_size": 32,
+    "lr": 0.001,
+    "momentum": 0.0001,
+    "lambda": 0.1,
+}
 
 
 def test_book_keys_load_with_their_meaning(tmp_path):
@@ -63,6 +73,18 @@ def test_overrides_do_not_mutate_the_input():
         ({"type": "csv", "data": {"clients": ["a.csv"]}}, "data.clients lists 1 files but no_models is 10"),
         ({"eval_fraction": 1.0}, "field 'eval_fraction'"),
         ({"name": "a b"}, "field 'name'"),
+        ({"secure": {"method": "paillier", "key_bits": 1024}}, "allow_weak_keys"),
+        ({"secure": {"method": "rsa"}}, "field 'secure.method'"),
+        ({"secure": {"method": "paillier"}, "aggregator": "median"}, "not linear"),
+        ({"secure": {"method": "paillier"}, "compression": {"up": "q8"}}, "cannot also be compressed"),
+        ({"secure": {"protocol": "encrypted-model"}}, "needs secure.method: paillier"),
+        ({"secure": {"method": "paillier", "protocol": "encrypted-model"}}, "method paillier, model_name logreg"),
+        (
+            {"secure": {"method": "paillier", "protocol": "encrypted-model"}, "model_name": "logreg"},
+            "set momentum: 0 and lambda",
+        ),
+        ({"aggregator": "trimmed"}, "field 'aggregator'"),
+        ({"feature_num": 0}, "field 'feature_num'"),
     ],
 )
 def test_every_invalid_field_is_one_clear_line(raw, needle):

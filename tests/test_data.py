@@ -6,7 +6,10 @@ from fedloom.data import load_data
 from fedloom.errors import ConfigError, DataError
 
 
-@pytest.mark.parametrize(("name", "features", "classes"), [("iris", 4, 3), ("wine", 13, 3), ("breast_cancer", 30, 2), ("digits", 64, 10)])
+@pytest.mark.parametrize(
+    ("name", "features", "classes"),
+    [("iris", 4, 3), ("wine", 13, 3), ("breast_cancer", 30, 2), ("digits", 64, 10)],
+)
 def test_bundled_datasets(name, features, classes):
     d = load_data(build_config({"type": name, "no_models": 3, "k": 1}))
     assert d.num_features == features and d.num_classes == classes
@@ -23,7 +26,9 @@ def test_split_is_stratified_and_seeded():
 
 def test_scaling_is_fitted_on_train_only():
     d = load_data(build_config({}))
-    assert np.allclose(d.x_train.mean(0).numpy(), 0, atol=1e-5) and np.allclose(d.x_train.std(0, unbiased=False).numpy(), 1, atol=1e-4)
+    assert np.allclose(d.x_train.mean(0).numpy(), 0, atol=1e-5) and np.allclose(
+        d.x_train.std(0, unbiased=False).numpy(), 1, atol=1e-4
+    )
     assert not np.allclose(d.x_eval.mean(0).numpy(), 0, atol=1e-3)  # eval uses train statistics
 
 
@@ -47,9 +52,13 @@ def test_csv_with_string_labels(tmp_path):
 
 
 def test_csv_one_file_per_client_is_the_horizontal_setting(tmp_path):
-    files = [_csv(tmp_path / f"c{c}.csv", ["x", "y"], [[c * 10 + i, "ab"[i % 2]] for i in range(10 + c)]) for c in range(3)]
+    files = [
+        _csv(tmp_path / f"c{c}.csv", ["x", "y"], [[c * 10 + i, "ab"[i % 2]] for i in range(10 + c)]) for c in range(3)
+    ]
     ev = _csv(tmp_path / "eval.csv", ["x", "y"], [[i, "ab"[i % 2]] for i in range(6)])
-    d = load_data(build_config({"type": "csv", "no_models": 3, "k": 2, "data": {"clients": files, "eval": ev, "label": "y"}}))
+    d = load_data(
+        build_config({"type": "csv", "no_models": 3, "k": 2, "data": {"clients": files, "eval": ev, "label": "y"}})
+    )
     assert d.partition.sizes().tolist() == [10, 11, 12] and len(d.y_eval) == 6
     # client 1's rows are exactly file c1.csv's rows (x = 10..20 before scaling)
     assert d.client_indices(1).tolist() == list(range(10, 21))

@@ -12,7 +12,10 @@ def test_fnn_default_is_the_seeds_network():
     assert isinstance(m[1], torch.nn.ReLU)
 
 
-@pytest.mark.parametrize(("name", "kw"), [("mlp", {}), ("logreg", {}), ("cnn", {"image_shape": (1, 8, 8)}), ("fnn", {"hidden": [5, 4]})])
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [("mlp", {}), ("logreg", {}), ("cnn", {"image_shape": (1, 8, 8)}), ("fnn", {"hidden": [5, 4]})],
+)
 def test_models_map_rows_to_logits(name, kw):
     m = build_model(name, 64, 10, **kw)
     assert m(torch.randn(7, 64)).shape == (7, 10)

@@ -2,7 +2,7 @@
 
     fedloom run -c CONF [--set key=value ...] [--out DIR]
     fedloom report DIR
-    fedloom experiment {fl-vs-central,fl-vs-local} -c CONF [--set ...] [--out DIR]
+    fedloom experiment {fl-vs-central,fl-vs-local,compression,he} -c CONF [--set ...] [--out DIR]
 
 Exit codes: 0 success, 2 bad usage/config/data (one line on stderr), 1 internal failure.
 """
@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 from .errors import FedloomError
+from .experiments import EXPERIMENTS
 
 __all__ = ["main"]
-
-EXPERIMENTS = ("fl-vs-central", "fl-vs-local")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,8 +27,13 @@ def _parser() -> argparse.ArgumentParser:
 
     def conf_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", required=True, help="JSON, YAML or TOML config (the book's conf.json works)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key; dotted keys reach sections (partition.alpha=0.3)")  # fmt: skip
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key; dotted keys reach sections (partition.alpha=0.3)",
+        )
         sp.add_argument("--out", help="output directory (default runs/<name>-<time>)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
@@ -37,9 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     conf_args(run)
     rep = sub.add_parser("report", help="re-render the figures and report.md of a run directory")
     rep.add_argument("dir")
+    keygen = sub.add_parser("keygen", help="write a Paillier key pair for secure aggregation (secret file 0600)")
+    keygen.add_argument("dir")
+    keygen.add_argument("--key-bits", type=int, default=2048)
+    keygen.add_argument("--allow-weak-keys", action="store_true", help="permit fewer than 2048 bits")
+    keygen.add_argument("--overwrite", action="store_true")
     exp = sub.add_parser("experiment", help="run one of the book's comparisons")
     exp.add_argument("name", choices=EXPERIMENTS)
     conf_args(exp)
+    try:  # server, client, certs: the Flower runtime (flwr itself is imported only when one runs)
+        from .flower.cli import add_parsers
+    except ImportError:  # pragma: no cover - a broken optional package must not break `fedloom run`
+        pass
+    else:
+        add_parsers(sub)
     return p
 
 
@@ -54,8 +69,14 @@ class _Progress:
         if not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)  # fmt: skip
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
             self.bar.__enter__()
         return self
 
@@ -64,7 +85,9 @@ class _Progress:
 
     def update(self, task, row: dict) -> None:
         if self.bar is not None and task is not None:
-            info = f"acc {row['accuracy']:.3f}  loss {row['loss']:.3f}" + ("" if row.get("applied", True) else "  (skipped)")
+            info = f"acc {row['accuracy']:.3f}  loss {row['loss']:.3f}" + (
+                "" if row.get("applied", True) else "  (skipped)"
+            )
             self.bar.update(task, advance=1, info=info)
 
     def __exit__(self, *exc):
@@ -90,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     cfg = load_config(args.config, args.set)
+    if cfg.secure.protocol == "encrypted-model":
+        return _run_encrypted_model(cfg, args, t0)
     fed = Federation.build(cfg)  # data errors surface here, before anything is written
     out = Path(args.out) if args.out else default_out_dir(cfg.name)
     run_dir = RunDir(out, cfg.to_dict())
@@ -115,8 +140,49 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     write_json(out / "summary.json", summary)
     if not args.quiet:
-        keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "train_seconds", "client_failures")
+        keys = (
+            "final_accuracy",
+            "final_loss",
+            "rounds",
+            "bytes_up",
+            "bytes_down",
+            "train_seconds",
+            "client_failures",
+        )
         _print_table(f"{cfg.name}: summary", {k: summary[k] for k in keys} | {"output": str(out)})
+    return 0
+
+
+def _run_encrypted_model(cfg, args: argparse.Namespace, t0: float) -> int:
+    """The book's 15.4 (the server holds the key and keeps the model encrypted): same outputs as a run."""
+    import torch
+
+    from .data import load_data
+    from .report import render_run
+    from .runs import RunDir, default_out_dir, write_json
+    from .secure.encrypted_lr import run_encrypted_model
+
+    data = load_data(cfg)
+    out = Path(args.out) if args.out else default_out_dir(cfg.name)
+    with _Progress(args.quiet) as progress:
+        task = progress.task(f"{cfg.name}: encrypted rounds", cfg.global_epochs)
+        run_dir = None
+
+        def on_round(row: dict) -> None:
+            nonlocal run_dir
+            run_dir = run_dir or RunDir(out, cfg.to_dict())  # created once the key and data are good
+            run_dir.append(row)
+            progress.update(task, row)
+
+        rows, summary, weights = run_encrypted_model(cfg, data, on_round)
+    partition = {"classes": data.classes, "label_counts": data.label_counts().tolist()}
+    run_dir.finish(summary, {"weight": torch.from_numpy(weights)}, {"partition.json": partition})
+    render_run(out)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    write_json(out / "summary.json", summary)
+    if not args.quiet:
+        keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "he_encrypt_seconds", "he_decrypt_seconds")
+        _print_table(f"{cfg.name}: encrypted model (book 15.4)", {k: summary[k] for k in keys} | {"output": str(out)})
     return 0
 
 
@@ -126,6 +192,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     for f in render_run(args.dir):
         print(f)
     print(Path(args.dir) / "report.md")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .secure.paillier import generate_keypair, save_keypair
+
+    try:
+        pk, sk = generate_keypair(args.key_bits, allow_weak_keys=args.allow_weak_keys)
+        public, secret = save_keypair(pk, sk, args.dir, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as e:
+        raise FedloomError(f"keygen: {e}") from None
+    print(f"public key: {public}\nsecret key: {secret} (mode 0600: give it only to the key holder)")
     return 0
 
 
@@ -150,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "report": cmd_report, "experiment": cmd_experiment}[args.command]
+    handler = (
+        getattr(args, "handler", None)
+        or {"run": cmd_run, "report": cmd_report, "experiment": cmd_experiment, "keygen": cmd_keygen}[args.command]
+    )
     try:
         return handler(args)
     except FedloomError as e:

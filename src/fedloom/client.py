@@ -81,12 +81,15 @@ class Client:
             return ResourceReport(False, cpus, free, need, f"needs {need:.1f} MB, {free:.1f} MB free")
         return ResourceReport(True, cpus, free, need)
 
-    def local_train(
-        self, model: nn.Module, global_vec: torch.Tensor, spec: LocalSpec, seed: int, round: int
-    ) -> Update:
+    def local_train(self, model: nn.Module, global_vec: torch.Tensor, spec: LocalSpec, seed: int, round: int) -> Update:
         """Train a copy of the global model on this client's rows (the reference path; see training.py)."""
         idx = self.data.client_indices(self.id)
         diff, loss = train_one(
-            model, global_vec, self.data.x_train[idx], self.data.y_train[idx], spec, client_seed(seed, round, self.id)
+            model,
+            global_vec,
+            self.data.x_train[idx],
+            self.data.y_train[idx],
+            spec,
+            client_seed(seed, round, self.id),
         )
         return Update(self.id, diff, len(idx), {"train_loss": loss})

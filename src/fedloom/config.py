@@ -24,7 +24,17 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["Config", "PartitionConfig", "RuntimeConfig", "DataConfig", "load_config", "build_config", "apply_overrides"]
+__all__ = [
+    "Config",
+    "PartitionConfig",
+    "RuntimeConfig",
+    "DataConfig",
+    "CompressionConfig",
+    "SecureConfig",
+    "load_config",
+    "build_config",
+    "apply_overrides",
+]
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist", "csv")
 DOWNLOAD_DATASETS = ("cifar", "cifar10", "cifar100", "fashion_mnist", "emnist", "femnist", "imagenet")
@@ -52,14 +62,78 @@ class PartitionConfig(_Section):
 class RuntimeConfig(_Section):
     """How the federation is executed (simulation today)."""
 
-    engine: Literal["auto", "sequential"] = "auto"
+    engine: Literal["auto", "vectorized", "sequential"] = Field(
+        "auto", description="auto: vectorized when the model allows it, else sequential"
+    )
+    chunk: int | None = Field(
+        None, ge=1, description="clients the vectorized engine trains together (default: sized from free memory)"
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     dropout: float = Field(0.0, ge=0, lt=1, description="probability a sampled client fails this round")
     min_clients: int = Field(1, ge=1, description="fewest answers with which a round still counts")
+    round_timeout: float | None = Field(
+        None, gt=0, description="seconds a deployed round waits for answers before going on with the survivors"
+    )
     client_memory_mb: float | None = Field(
         None, gt=0, description="memory each simulated client may use; a client needing more refuses"
     )
     checkpoint: bool = True
+
+
+def _check_codec(spec: str, allow_ef: bool) -> str:
+    from .channel import split_ef  # late: codecs import config's errors module only
+    from .codecs import parse_codec
+
+    body, ef = split_ef(spec)
+    if ef and not allow_ef:
+        raise ValueError("error feedback (+ef) applies to the upload only")
+    try:
+        parse_codec(body)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return spec
+
+
+class CompressionConfig(_Section):
+    """Update compression (see :mod:`fedloom.codecs`): a codec spec per direction, e.g. ``topk:0.01+q8``."""
+
+    up: str = Field("none", description="upload codec; a trailing +ef adds error feedback")
+    down: str = Field("none", description="download codec (the global model)")
+    error_feedback: bool = False
+
+    @field_validator("up")
+    @classmethod
+    def _up(cls, v: str) -> str:
+        return _check_codec(v, allow_ef=True)
+
+    @field_validator("down")
+    @classmethod
+    def _down(cls, v: str) -> str:
+        return _check_codec(v, allow_ef=False)
+
+
+class SecureConfig(_Section):
+    """Homomorphic encryption (see :mod:`fedloom.secure`)."""
+
+    method: Literal["none", "paillier", "paillier-per-value", "ckks"] = "none"
+    protocol: Literal["secagg", "encrypted-model"] = Field(
+        "secagg", description="secagg: the server holds no key; encrypted-model: the book's 15.4"
+    )
+    key_bits: int = Field(2048, ge=256, description="Paillier modulus bits")
+    allow_weak_keys: bool = Field(False, description="permit key_bits < 2048 (to reproduce the book's 1024)")
+    bits: int = Field(16, ge=1, le=32, description="packed Paillier: quantization bits per value")
+    clip: float = Field(0.5, gt=0, description="packed Paillier: values are clipped to ±clip")
+    key_dir: str | None = Field(None, description="load the key pair written by `fedloom keygen DIR`")
+    workers: int = Field(1, ge=1, description="processes the key holder decrypts with")
+
+    @model_validator(mode="after")
+    def _strength(self) -> SecureConfig:
+        if self.key_bits < 2048 and not self.allow_weak_keys:
+            raise ValueError(
+                f"secure.key_bits {self.key_bits} is below 2048 (about 112-bit security); "
+                "set secure.allow_weak_keys: true to reproduce the book's 1024-bit setting"
+            )
+        return self
 
 
 class DataConfig(_Section):
@@ -92,7 +166,7 @@ class Config(_Section):
     k: int = Field(5, ge=1, description="clients sampled per round")
     batch_size: int = Field(10, ge=1)
     lr: float = Field(0.3, gt=0)
-    momentum: float = Field(0.5, ge=0, lt=1)
+    momentum: float = Field(0.0, ge=0, lt=1)
     lambda_: float | None = Field(None, alias="lambda", gt=0, description="server step: G += lambda*sum(diff)")
     # --- fedloom's own ---
     seed: int = Field(0, ge=0)
@@ -101,6 +175,16 @@ class Config(_Section):
     data: DataConfig | None = None
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    secure: SecureConfig = Field(default_factory=SecureConfig)
+    aggregator: Literal["mean", "median"] = Field(
+        "mean", description="mean: the book's lambda rule if lambda is set, else FedAvg; median: coordinate-wise"
+    )
+    # the book's ch.15 keys: 15.3 uploads the top `rate` of layers, 15.5 a fixed random `prop` mask
+    rate: float | None = Field(None, gt=0, le=1, description="book 15.3: share of layers uploaded")
+    feature_num: int | None = Field(None, ge=1, description="book 15.4: number of features (checked against the data)")
+    prop: float | None = Field(None, gt=0, le=1, description="book 15.5: keep-probability of the fixed mask")
+    sweep: list[str] | None = Field(None, description="upload codecs compared by `experiment compression`")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
@@ -130,9 +214,7 @@ class Config(_Section):
         v = v.lower()
         if v in MODELS or v in TORCHVISION_MODELS:
             return v
-        raise ValueError(
-            f"unknown model '{v}'{_hint(v, MODELS + TORCHVISION_MODELS)}; known: " + ", ".join(MODELS)
-        )
+        raise ValueError(f"unknown model '{v}'{_hint(v, MODELS + TORCHVISION_MODELS)}; known: " + ", ".join(MODELS))
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -142,15 +224,65 @@ class Config(_Section):
             raise ValueError(f"runtime.min_clients ({self.runtime.min_clients}) must be ≤ k ({self.k})")
         if self.type == "csv" and self.data is None:
             raise ValueError("type: csv needs a data section: {path: FILE, label: COLUMN} or {clients: [...]}")
+        if self.rate is not None and self.prop is not None:
+            raise ValueError("set only one of rate (book 15.3) and prop (book 15.5)")
+        if (self.rate is not None or self.prop is not None) and self.compression.up != "none":
+            raise ValueError("rate/prop set the upload codec; do not also set compression.up")
+        self._check_secure()
+        for spec in self.sweep or []:
+            try:
+                _check_codec(spec, allow_ef=True)
+            except ValueError as e:
+                raise ValueError(f"sweep: {e}") from None
         if self.data is not None and self.data.clients and len(self.data.clients) != self.no_models:
-            raise ValueError(
-                f"data.clients lists {len(self.data.clients)} files but no_models is {self.no_models}"
-            )
+            raise ValueError(f"data.clients lists {len(self.data.clients)} files but no_models is {self.no_models}")
         return self
+
+    def _check_secure(self) -> None:
+        sec = self.secure
+        if sec.method == "none":
+            if sec.protocol == "encrypted-model":
+                raise ValueError("secure.protocol encrypted-model needs secure.method: paillier")
+            return
+        if self.aggregator != "mean":
+            raise ValueError(
+                f"aggregator '{self.aggregator}' is not linear: secure aggregation can only add updates; use mean"
+            )
+        if self.upload_codec != "none":
+            raise ValueError(
+                "secure aggregation sums ciphertexts, so uploads cannot also be compressed by a codec "
+                "(packed Paillier quantizes with secure.bits); remove compression.up/rate/prop"
+            )
+        if sec.protocol == "encrypted-model":
+            if sec.method != "paillier" or self.model_name != "logreg":
+                raise ValueError(
+                    "secure.protocol encrypted-model is the book's 15.4: method paillier, model_name logreg"
+                )
+            if self.momentum or self.lambda_ is None:
+                raise ValueError(
+                    "secure.protocol encrypted-model takes plain SGD steps and the book's lambda: "
+                    "set momentum: 0 and lambda"
+                )
+        if sec.method == "paillier" and sec.protocol == "secagg":
+            from .secure.packing import Packer
+
+            try:
+                Packer(sec.key_bits, sec.bits, sec.clip, max_summands=self.k)
+            except ValueError as e:
+                raise ValueError(f"secure: {e}") from None
 
     @property
     def rounds(self) -> int:
         return self.global_epochs
+
+    @property
+    def upload_codec(self) -> str:
+        """The upload codec spec, with the book's ``rate``/``prop`` keys translated."""
+        if self.rate is not None:
+            return f"layers:{self.rate}"
+        if self.prop is not None:
+            return f"mask:{self.prop}"
+        return self.compression.up
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, with the book's spelling of ``lambda``."""
@@ -170,7 +302,9 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
     return model
 
 
@@ -264,5 +398,7 @@ def _resolve_data_paths(cfg: Config, base: Path) -> Config:
         return str(base / p)
 
     d = cfg.data
-    data = d.model_copy(update={"path": fix(d.path), "eval": fix(d.eval), "clients": [fix(c) for c in d.clients] if d.clients else None})
+    data = d.model_copy(
+        update={"path": fix(d.path), "eval": fix(d.eval), "clients": [fix(c) for c in d.clients] if d.clients else None}
+    )
     return cfg.model_copy(update={"data": data})

@@ -33,17 +33,25 @@ def save_figure(fig, path: Path) -> Path:
 
 def plot_curves(series: dict[str, list[dict]], path: Path, title: str) -> Path:
     """Accuracy and loss per round, one line per named run (rows as in metrics.jsonl)."""
-    fig, (ax_acc, ax_loss) = new_figure(1, 2, figsize=(10, 4))
-    for label, rows in series.items():
+    many = len(series) > 6
+    fig, (ax_acc, ax_loss) = new_figure(1, 2, figsize=(13 if many else 10, 4.5))
+    cmap = __import__("matplotlib").colormaps["tab20" if len(series) > 10 else "tab10"]
+    styles = ("-", "--", ":", "-.")
+    for i, (label, rows) in enumerate(series.items()):
         rounds = [r["round"] for r in rows]
-        ax_acc.plot(rounds, [r["accuracy"] for r in rows], marker=".", label=label)
-        ax_loss.plot(rounds, [r["loss"] for r in rows], marker=".", label=label)
+        # distinct colour per line; the line style changes every 10 lines so none are confused
+        kw = {"color": cmap(i % cmap.N), "ls": styles[(i // 10) % len(styles)], "marker": "." if not many else None}
+        ax_acc.plot(rounds, [r["accuracy"] for r in rows], label=label, **kw)
+        ax_loss.plot(rounds, [r["loss"] for r in rows], label=label, **kw)
     ax_acc.set(xlabel="round", ylabel="accuracy (eval set)", ylim=(0, 1.02), title=f"{title}: accuracy")
     ax_loss.set(xlabel="round", ylabel="mean cross-entropy (eval set)", title=f"{title}: loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
+    if len(series) > 1:
+        if many:
+            ax_loss.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+        else:
+            ax_acc.legend(fontsize=8)
     return save_figure(fig, path)
 
 
@@ -72,7 +80,7 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
     def fmt(v) -> str:
         if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) <= 1 else f"{v:.4g}"
+            return f"{v:.4f}" if abs(v) <= 1 else (f"{v:.2f}" if abs(v) < 1e4 else f"{v:.4g}")
         if isinstance(v, (list, dict)):
             return json.dumps(v)
         return "" if v is None else str(v)
@@ -97,23 +105,37 @@ def render_run(run_dir: str | Path) -> list[Path]:
     part = d / "partition.json"
     if part.is_file():
         p = read_json(part)
-        title = f"label mix per client ({cfg['partition']['method']})" if not (cfg.get("data") or {}).get("clients") else "label mix per client (one file each)"
+        title = (
+            f"label mix per client ({cfg['partition']['method']})"
+            if not (cfg.get("data") or {}).get("clients")
+            else "label mix per client (one file each)"
+        )
         figs.append(plot_label_mix(p["label_counts"], p["classes"], d / "figures" / "partition.png", title))
-    keys = ["final_accuracy", "final_loss", "best_accuracy", "rounds", "rounds_applied", "bytes_up", "bytes_down",
-            "train_seconds", "wall_seconds", "num_params", "eval_samples", "engine", "aggregator",
-            "client_failures", "seed"]  # fmt: skip
     lines = [
         f"# fedloom run: {cfg['name']}",
         "",
         f"{cfg['type']} · {cfg['model_name']} · {cfg['no_models']} clients, k={cfg['k']} per round, "
         f"{cfg['global_epochs']} rounds × {cfg['local_epochs']} local epochs · seed {cfg['seed']}",
         "",
-        markdown_table([{"metric": k, "value": summary.get(k)} for k in keys if k in summary]),
+        markdown_table([{"metric": k, "value": v} for k, v in summary.items() if not isinstance(v, (dict, list))]),
         *[f"![{f.stem}](figures/{f.name})" for f in figs],
         "",
         "## Rounds",
         "",
-        markdown_table(rows, ["round", "accuracy", "loss", "train_loss", "bytes_up", "bytes_down", "seconds", "clients", "failed"]),
+        markdown_table(
+            rows,
+            [
+                "round",
+                "accuracy",
+                "loss",
+                "train_loss",
+                "bytes_up",
+                "bytes_down",
+                "seconds",
+                "clients",
+                "failed",
+            ],
+        ),
     ]
     health = summary.get("health")
     if health:

@@ -57,9 +57,9 @@ class Server:
         rng = np.random.default_rng([self.seed, round, _SAMPLE_TAG])
         return sorted(int(c) for c in rng.choice(self.num_clients, size=self.k, replace=False))
 
-    def aggregate(self, diffs: torch.Tensor, num_samples: torch.Tensor) -> None:
-        """Apply the cohort's updates ``[clients, params]`` to the global model."""
-        self.global_vec = self.aggregator.aggregate(self.global_vec, diffs, num_samples)
+    def aggregate(self, diffs: torch.Tensor, num_samples: torch.Tensor, present: torch.Tensor | None = None) -> None:
+        """Apply the cohort's updates ``[clients, params]`` (``present``: which entries each one sent)."""
+        self.global_vec = self.aggregator.aggregate(self.global_vec, diffs, num_samples, present)
 
     @torch.no_grad()
     def evaluate(self, vec: torch.Tensor | None = None) -> tuple[float, float]:

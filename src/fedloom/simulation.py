@@ -17,18 +17,21 @@ import torch
 from torch import nn
 
 from .aggregators import make_aggregator
+from .channel import Channel
 from .client import Client
 from .config import Config
 from .data import FedData, load_data
 from .models import build_model
 from .params import Layout, flatten
+from .secure import make_keyholder, make_server_cipher
+from .secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate, encrypt_update
 from .server import Server
 from .training import LocalSpec, make_engine
-from .wire import pack_vector, unpack_vector
 
 __all__ = ["Federation", "RunResult", "run_federation"]
 
 _DROPOUT_TAG = 4  # stream id of the simulated-failure RNG
+_SECURE_TAG = 5  # stream id of the packing's stochastic rounding
 
 
 @dataclass
@@ -37,6 +40,13 @@ class RunResult:
     summary: dict
     global_vec: torch.Tensor
     health: dict = field(default_factory=dict)
+
+
+@dataclass
+class _ClientsSecure:
+    holder: object  # KeyHolder: the secret key stays on the clients' side
+    cipher: object  # ClientCipher (public key)
+    weight_ref: float
 
 
 @dataclass
@@ -50,6 +60,8 @@ class Federation:
     clients: list[Client]
     spec: LocalSpec
     engine: object
+    channel: Channel
+    secure: object | None = None  # the clients' side of secure aggregation: key holder and cipher
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
@@ -58,12 +70,29 @@ class Federation:
         data = data if data is not None else load_data(cfg)
         model = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed)
         server = Server(
-            model, flatten(model), make_aggregator(cfg.lambda_), data.x_eval, data.y_eval,
-            cfg.no_models, cfg.k, cfg.seed,
-        )  # fmt: skip
+            model,
+            flatten(model),
+            make_aggregator(cfg.lambda_, cfg.aggregator),
+            data.x_eval,
+            data.y_eval,
+            cfg.no_models,
+            cfg.k,
+            cfg.seed,
+        )
         clients = [Client(c, data, cfg.runtime.client_memory_mb) for c in range(cfg.no_models)]
         spec = LocalSpec(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum)
-        return cls(cfg, data, model, server, clients, spec, make_engine(cfg.runtime.engine))
+        channel = Channel(
+            cfg.upload_codec, cfg.compression.down, cfg.compression.error_feedback, server.layout, cfg.seed
+        )
+        secure = None
+        if cfg.secure.method != "none" and cfg.secure.protocol == "secagg":
+            holder = make_keyholder(cfg.secure, max_summands=cfg.k)
+            server.cipher = make_server_cipher(cfg.secure.method, holder.public_bytes())  # public bytes only
+            # a client of average size has weight w_ref: scaled updates stay in the range `clip` covers
+            w_ref = server.aggregator.weight(max(1, round(float(data.partition.sizes().mean()))))
+            secure = _ClientsSecure(holder, holder.client_cipher(), w_ref)
+        engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk)
+        return cls(cfg, data, model, server, clients, spec, engine, channel, secure)
 
     @property
     def layout(self) -> Layout:
@@ -78,9 +107,8 @@ class Federation:
         cfg, server = self.cfg, self.server
         t0 = time.perf_counter()
         cohort = server.sample(round)
-        down = pack_vector(server.global_vec, "global", round=round)
-        # Every sampled client is sent the model; what it does with it is its own business.
-        received = unpack_vector(down)[0]
+        # Every sampled client is sent the model (one broadcast payload); failures happen after that.
+        down, received = self.channel.down(server.global_vec, round)
         dropped = np.random.default_rng([cfg.seed, round, _DROPOUT_TAG]).random(len(cohort)) < cfg.runtime.dropout
         alive, failed = [], {}
         for cid, drop in zip(cohort, dropped):
@@ -92,14 +120,17 @@ class Federation:
                 server.record_failure(cid, round, reason)
             else:
                 alive.append(cid)
-        bytes_up, train_loss = 0, float("nan")
+        bytes_up, train_loss, extra = 0, float("nan"), {}
         applied = len(alive) >= cfg.runtime.min_clients
         if applied:
             res = self.engine.train(self.model, received, self.data, alive, self.spec, cfg.seed, round)
-            payloads = [pack_vector(d, "update", client=c, round=round) for c, d in zip(alive, res.diffs)]
-            bytes_up = sum(len(p) for p in payloads)
-            diffs = torch.stack([unpack_vector(p)[0] for p in payloads])  # [clients, params] as received
-            server.aggregate(diffs, res.num_samples)
+            if self.secure is None:
+                payloads = self.channel.up(res.diffs, alive, round)  # client side
+                bytes_up = sum(len(p) for p in payloads)  # the one place upload bytes are measured
+                diffs, present = self.channel.decode_up(payloads, alive, round)  # server side: [clients, params]
+                server.aggregate(diffs, res.num_samples, present)
+            else:
+                bytes_up, extra = self._secure_round(round, res)
             for cid in alive:
                 server.record_joined(cid, round)
             train_loss = float((res.train_loss * res.num_samples).sum() / res.num_samples.sum())
@@ -115,6 +146,29 @@ class Federation:
             "failed": {str(c): r for c, r in failed.items()},
             "applied": applied,
             "train_loss": train_loss,
+            **extra,
+        }
+
+    def _secure_round(self, round: int, res) -> tuple[int, dict]:
+        """Secure aggregation (secure/secagg.py): clients encrypt, server adds, key holder decrypts."""
+        sec, server = self.secure, self.server
+        state = SecAggState(round, list(res.clients))
+        t0 = time.perf_counter()
+        for cid, diff, n in zip(res.clients, res.diffs, res.num_samples):
+            rng = np.random.default_rng([self.cfg.seed, round, cid, _SECURE_TAG])
+            encrypt_update(state, sec.cipher, cid, diff, server.aggregator.weight(int(n)), sec.weight_ref, rng)
+        t1 = time.perf_counter()
+        aggregate = add_updates(state, server.cipher)
+        t2 = time.perf_counter()
+        decrypt_aggregate(state, sec.holder, self.num_params)
+        t3 = time.perf_counter()
+        server.global_vec = apply_aggregate(state, server.aggregator, server.global_vec, sec.weight_ref)
+        return sum(len(p) for p in state.payloads.values()), {
+            "he_encrypt_seconds": t1 - t0,
+            "he_aggregate_seconds": t2 - t1,
+            "he_decrypt_seconds": t3 - t2,
+            "bytes_keyholder": len(aggregate) + 8 * self.num_params,  # aggregate out, float64 sums back
+            "clipped": getattr(sec.cipher, "clipped", 0),
         }
 
 
@@ -148,7 +202,24 @@ def run_federation(
         "eval_samples": len(fed.data.y_eval),
         "engine": fed.engine.name,
         "aggregator": fed.server.aggregator.name,
+        "compression_up": fed.channel.name,
+        "compression_down": fed.channel.down_codec.name,
         "client_failures": sum(len(r["failed"]) for r in rows),
+        **_secure_summary(fed, rows),
         "seed": fed.cfg.seed,
     }
     return RunResult(rows, summary, fed.server.global_vec.clone(), fed.server.health_table())
+
+
+def _secure_summary(fed: Federation, rows: list[dict]) -> dict:
+    if fed.secure is None:
+        return {}
+    keys = ("he_encrypt_seconds", "he_aggregate_seconds", "he_decrypt_seconds", "bytes_keyholder")
+    out = {k: sum(r.get(k, 0) for r in rows) for k in keys}
+    sec = fed.cfg.secure
+    out |= {
+        "secure_method": sec.method,
+        "key_bits": sec.key_bits if sec.method != "ckks" else None,
+        "clipped_values": rows[-1].get("clipped", 0) if rows else 0,
+    }
+    return out

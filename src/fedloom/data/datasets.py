@@ -84,8 +84,12 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, i
         return table[:, :-1] / 255.0, table[:, -1].astype(np.int64), [str(i) for i in range(10)], (1, 28, 28)
     from sklearn import datasets as skd
 
-    loader = {"iris": skd.load_iris, "wine": skd.load_wine, "breast_cancer": skd.load_breast_cancer,
-              "digits": skd.load_digits}[name]  # fmt: skip
+    loader = {
+        "iris": skd.load_iris,
+        "wine": skd.load_wine,
+        "breast_cancer": skd.load_breast_cancer,
+        "digits": skd.load_digits,
+    }[name]
     bunch = loader()
     x = bunch.data.astype(np.float32)
     names = [str(t) for t in bunch.target_names]
@@ -119,9 +123,7 @@ def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]
             try:
                 x[r, j] = float(row[i])
             except ValueError:
-                raise DataError(
-                    f"{p}: line {r + 2}, column '{header[i]}': expected a number, got {row[i]!r}"
-                ) from None
+                raise DataError(f"{p}: line {r + 2}, column '{header[i]}': expected a number, got {row[i]!r}") from None
     return x, np.array([row[li].strip() for row in body]), [header[i] for i in feats]
 
 

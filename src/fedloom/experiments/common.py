@@ -26,10 +26,14 @@ def one_client(data: FedData) -> FedData:
     """The same train/eval split with every training row held by a single party (centralized training)."""
     n = len(data.y_train)
     part = Partition(np.arange(n, dtype=np.int64), np.array([0, n], dtype=np.int64))
-    return FedData(data.name, data.x_train, data.y_train, data.x_eval, data.y_eval, data.classes, part, data.image_shape)
+    return FedData(
+        data.name, data.x_train, data.y_train, data.x_eval, data.y_eval, data.classes, part, data.image_shape
+    )
 
 
-def write_outputs(out: Path, summary: dict, table_rows: list[dict], columns: list[str], title: str, notes: str = "") -> dict:
+def write_outputs(
+    out: Path, summary: dict, table_rows: list[dict], columns: list[str], title: str, notes: str = ""
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     text = f"# {title}\n\n{markdown_table(table_rows, columns)}"
     if notes:

@@ -26,8 +26,15 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     rows = [_row("federated", cfg.no_models, cfg.k, cfg.local_epochs, fl)]
     central_acc = None
     for epochs in sorted({1, 2, 3, cfg.local_epochs}):
-        ccfg = cfg.model_copy(update={"no_models": 1, "k": 1, "local_epochs": epochs, "lambda_": None,
-                                      "runtime": cfg.runtime.model_copy(update={"dropout": 0.0, "min_clients": 1})})  # fmt: skip
+        ccfg = cfg.model_copy(
+            update={
+                "no_models": 1,
+                "k": 1,
+                "local_epochs": epochs,
+                "lambda_": None,
+                "runtime": cfg.runtime.model_copy(update={"dropout": 0.0, "min_clients": 1}),
+            }
+        )
         res = run_with_progress(ccfg, central_data, progress, f"central, local {epochs}")
         series[f"centralized, local {epochs}"] = res.rows
         rows.append(_row("centralized", 1, 1, epochs, res))
@@ -45,14 +52,33 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "config": cfg.to_dict(),
         "results": rows,
     }
-    columns = ["setting", "clients", "k", "local_epochs", "rounds", "final_accuracy", "final_loss", "best_accuracy", "train_seconds"]
-    return write_outputs(out, summary, table, columns, f"FL vs centralized: {cfg.type}, {cfg.model_name}, seed {cfg.seed}")
+    columns = [
+        "setting",
+        "clients",
+        "k",
+        "local_epochs",
+        "rounds",
+        "final_accuracy",
+        "final_loss",
+        "best_accuracy",
+        "train_seconds",
+    ]
+    return write_outputs(
+        out, summary, table, columns, f"FL vs centralized: {cfg.type}, {cfg.model_name}, seed {cfg.seed}"
+    )
 
 
 def _row(setting: str, clients: int, k: int, epochs: int, res) -> dict:
     s = res.summary
     return {
-        "setting": setting, "clients": clients, "k": k, "local_epochs": epochs, "rounds": s["rounds"],
-        "final_accuracy": s["final_accuracy"], "final_loss": s["final_loss"], "best_accuracy": s["best_accuracy"],
-        "train_seconds": s["train_seconds"], "curve": [r["accuracy"] for r in res.rows],
-    }  # fmt: skip
+        "setting": setting,
+        "clients": clients,
+        "k": k,
+        "local_epochs": epochs,
+        "rounds": s["rounds"],
+        "final_accuracy": s["final_accuracy"],
+        "final_loss": s["final_loss"],
+        "best_accuracy": s["best_accuracy"],
+        "train_seconds": s["train_seconds"],
+        "curve": [r["accuracy"] for r in res.rows],
+    }

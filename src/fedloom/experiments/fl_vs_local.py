@@ -28,8 +28,17 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     data = load_data(cfg)
     half = max(1, round(cfg.k / 2))
     fl = run_with_progress(cfg, data, progress, f"FL k={cfg.k}")
-    fl_half = run_with_progress(cfg.model_copy(update={"k": half, "runtime": cfg.runtime.model_copy(
-        update={"min_clients": min(cfg.runtime.min_clients, half)})}), data, progress, f"FL k={half}")  # fmt: skip
+    fl_half = run_with_progress(
+        cfg.model_copy(
+            update={
+                "k": half,
+                "runtime": cfg.runtime.model_copy(update={"min_clients": min(cfg.runtime.min_clients, half)}),
+            }
+        ),
+        data,
+        progress,
+        f"FL k={half}",
+    )
 
     fed = Federation.build(cfg, data)
     init = fed.server.global_vec
@@ -39,9 +48,16 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     rows = []
     for cid, diff, n in zip(alone.clients, alone.diffs, alone.num_samples):
         acc, loss = fed.server.evaluate(init + diff)
-        rows.append({"client": cid, "samples": int(n), "local_accuracy": acc, "local_loss": loss,
-                     f"fl_k{cfg.k}_accuracy": fl.summary["final_accuracy"],
-                     f"fl_k{half}_accuracy": fl_half.summary["final_accuracy"]})  # fmt: skip
+        rows.append(
+            {
+                "client": cid,
+                "samples": int(n),
+                "local_accuracy": acc,
+                "local_loss": loss,
+                f"fl_k{cfg.k}_accuracy": fl.summary["final_accuracy"],
+                f"fl_k{half}_accuracy": fl_half.summary["final_accuracy"],
+            }
+        )
     if progress:
         progress.update(task, {"accuracy": float(np.mean([r["local_accuracy"] for r in rows])), "loss": float("nan")})
     out.mkdir(parents=True, exist_ok=True)
@@ -59,23 +75,39 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "config": cfg.to_dict(),
         "results": rows,
     }
-    notes = (f"FL (k={cfg.k}) {fl.summary['final_accuracy']:.4f} · FL (k={half}) "
-             f"{fl_half.summary['final_accuracy']:.4f} · single-party mean {local_mean:.4f}")  # fmt: skip
-    return write_outputs(out, summary, rows, list(rows[0]), f"FL model vs single-party models: {cfg.type}, "
-                         f"{cfg.model_name}, {cfg.partition.method} partition, seed {cfg.seed}", notes)  # fmt: skip
+    notes = (
+        f"FL (k={cfg.k}) {fl.summary['final_accuracy']:.4f} · FL (k={half}) "
+        f"{fl_half.summary['final_accuracy']:.4f} · single-party mean {local_mean:.4f}"
+    )
+    return write_outputs(
+        out,
+        summary,
+        rows,
+        list(rows[0]),
+        f"FL model vs single-party models: {cfg.type}, "
+        f"{cfg.model_name}, {cfg.partition.method} partition, seed {cfg.seed}",
+        notes,
+    )
 
 
 def _plot(rows: list[dict], cfg: Config, half: int, path: Path) -> None:
     clients = np.arange(len(rows))
     width = 0.27
     fig, ax = new_figure(figsize=(max(7, 0.6 * len(rows) + 3), 4.2))
-    bars = [("trained alone", "local_accuracy", "#9e9e9e"), (f"FL, k={half}", f"fl_k{half}_accuracy", "#64b5f6"),
-            (f"FL, k={cfg.k}", f"fl_k{cfg.k}_accuracy", "#1565c0")]  # fmt: skip
+    bars = [
+        ("trained alone", "local_accuracy", "#9e9e9e"),
+        (f"FL, k={half}", f"fl_k{half}_accuracy", "#64b5f6"),
+        (f"FL, k={cfg.k}", f"fl_k{cfg.k}_accuracy", "#1565c0"),
+    ]
     for i, (label, key, color) in enumerate(bars):
         ax.bar(clients + (i - 1) * width, [r[key] for r in rows], width, label=label, color=color)
     ax.set_xticks(clients, [str(r["client"]) for r in rows])
-    ax.set(xlabel="client (party)", ylabel="accuracy on the common eval set", ylim=(0, 1.05),
-           title=f"FL model vs single-party models ({cfg.type}, {cfg.partition.method} partition)")  # fmt: skip
+    ax.set(
+        xlabel="client (party)",
+        ylabel="accuracy on the common eval set",
+        ylim=(0, 1.05),
+        title=f"FL model vs single-party models ({cfg.type}, {cfg.partition.method} partition)",
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)

@@ -1,0 +1,36 @@
+"""Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal
+Statistical Rates", Algorithm 1 option I): ``G ← G + median_i diff_i``, coordinate by coordinate.
+
+Robust to a minority of arbitrary updates, and not linear: it cannot be computed from an encrypted sum, so
+secure aggregation refuses it. Sample counts are ignored (as in the paper).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Aggregator
+
+__all__ = ["CoordinateMedian"]
+
+
+class CoordinateMedian(Aggregator):
+    name = "median"
+    linear = False
+
+    def weight(self, num_samples: int) -> float:
+        return 1.0
+
+    def finish(self, global_vec: torch.Tensor, weighted_sum: torch.Tensor, total_weight: float) -> torch.Tensor:
+        raise TypeError("the median is not a function of the sum of updates")
+
+    def aggregate(self, global_vec, diffs, num_samples, present=None) -> torch.Tensor:
+        if diffs.shape[0] == 0:
+            return global_vec.clone()
+        if present is not None:
+            diffs = diffs.masked_fill(~present, float("nan"))  # a coordinate's median over its senders only
+            med = torch.nanmedian(diffs, dim=0).values.nan_to_num(0.0)
+        else:
+            # torch.median returns the lower of the two middle values; the mean of both is the textbook median
+            med = torch.quantile(diffs, 0.5, dim=0)  # [params]
+        return global_vec + med

@@ -1,0 +1,70 @@
+"""The communication channel of a federation: the codecs of both directions and error-feedback state.
+
+Down: the server encodes the global vector once per round and every sampled client decodes the same
+payload (a lossy down codec means clients start from what they received). Up: each client encodes its
+diff, through error feedback when enabled; the server decodes. Byte counts are ``len()`` of these payloads,
+taken by the caller (simulation.py), never computed here.
+
+Spec strings are those of :func:`fedloom.codecs.parse_codec`; a trailing ``+ef`` on the upload spec turns on
+error feedback (the same as ``compression.error_feedback: true``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .codecs import CodecContext, ErrorFeedback, decode_batch, parse_codec
+from .params import Layout
+
+__all__ = ["Channel", "split_ef"]
+
+_SERVER = 0  # client id used in the down codec's context: one broadcast payload for everybody
+
+
+def split_ef(spec: str) -> tuple[str, bool]:
+    """``"topk:0.01+q8+ef"`` → ``("topk:0.01+q8", True)``."""
+    parts = [p.strip() for p in spec.split("+")]
+    ef = parts[-1].lower() == "ef"
+    return ("+".join(parts[:-1]) if ef else spec.strip()) or "none", ef
+
+
+class Channel:
+    def __init__(self, up: str, down: str, error_feedback: bool, layout: Layout, seed: int):
+        up_spec, ef = split_ef(up)
+        self.up_codec = parse_codec(up_spec)
+        self.down_codec = parse_codec(down)
+        self.ef = ErrorFeedback(self.up_codec) if (ef or error_feedback) and self.up_codec.lossy else None
+        self.layout, self.seed = layout, seed
+
+    @property
+    def name(self) -> str:
+        return self.up_codec.name + ("+ef" if self.ef is not None else "")
+
+    def down(self, global_vec: torch.Tensor, round: int) -> tuple[bytes, torch.Tensor]:
+        """The broadcast payload and the vector every client decodes from it."""
+        ctx = CodecContext(self.layout, _SERVER, round, self.seed)
+        payload = self.down_codec.encode(global_vec, ctx)
+        return payload, self.down_codec.decode(payload, ctx).values
+
+    def up(self, diffs: torch.Tensor, clients: Sequence[int], round: int) -> list[bytes]:
+        """Client side: one payload per row of ``diffs`` ``[clients, params]``."""
+        if self.ef is not None:
+            return self.ef.encode_batch(diffs, list(clients), layout=self.layout, round=round, seed=self.seed)
+        return [
+            self.up_codec.encode(d, CodecContext(self.layout, int(c), round, self.seed)) for d, c in zip(diffs, clients)
+        ]
+
+    def decode_up(
+        self, payloads: Sequence[bytes], clients: Sequence[int], round: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Server side: ``(values [clients, params], present [clients, params] or None)``."""
+        return decode_batch(self.up_codec, payloads, list(clients), layout=self.layout, round=round, seed=self.seed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.ef.state_dict() if self.ef is not None else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.ef is not None:
+            self.ef.load_state_dict(state)
