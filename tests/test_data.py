@@ -88,3 +88,25 @@ def test_missing_csv_file(tmp_path):
 def test_download_datasets_say_where_to_put_files():
     with pytest.raises(ConfigError, match="needs a download.*type: csv"):
         build_config({"type": "cifar"})
+
+
+def test_synthetic_is_partitioned_by_its_generator():
+    cfg = build_config({"type": "synthetic", "no_models": 50, "k": 5, "model_name": "logreg",
+                        "synthetic": {"num_samples": 5000, "dim": 20, "classes": 5}})  # fmt: skip
+    d = load_data(cfg)
+    sizes = d.partition.sizes()
+    assert len(sizes) == 50 and sizes.min() >= 1 and sizes.sum() + len(d.y_eval) == 5000
+    assert d.num_features == 20 and d.num_classes == 5
+    assert 0.1 < len(d.y_eval) / 5000 < 0.3  # eval_fraction 0.2 of each client's rows, drawn per row
+    assert sizes.max() > 10 * np.median(sizes)  # power-law client sizes
+    again = load_data(cfg)
+    assert (again.x_train == d.x_train).all() and (again.partition.offsets == d.partition.offsets).all()
+
+
+def test_synthetic_config_errors():
+    with pytest.raises(ConfigError, match="partitioned by its generator"):
+        build_config({"type": "synthetic", "partition": {"method": "dirichlet"}})
+    with pytest.raises(ConfigError, match="at least 2 rows"):
+        build_config({"type": "synthetic", "no_models": 10, "synthetic": {"num_samples": 5}})
+    with pytest.raises(ConfigError, match="synthetic.alpha"):
+        build_config({"type": "synthetic", "synthetic": {"alpha": -1}})

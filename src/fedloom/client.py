@@ -68,10 +68,13 @@ class Client:
         batch = 8 * spec.batch_size * self.data.num_features * _BYTES
         return (rows + models + batch) / 2**20
 
-    def check_resources(self, num_params: int, spec: LocalSpec) -> ResourceReport:
-        """Whether this machine (or the configured limit) can hold the training task; says why not."""
+    def check_resources(self, num_params: int, spec: LocalSpec, free_mb: float | None = None) -> ResourceReport:
+        """Whether this machine (or the configured limit) can hold the training task; says why not.
+
+        ``free_mb``: available memory already read by the caller (a simulation reads it once per round for the
+        whole cohort, since its clients share one machine); read here when not given."""
         cpus = _usable_cpus()
-        free = psutil.virtual_memory().available / 2**20
+        free = psutil.virtual_memory().available / 2**20 if free_mb is None else free_mb
         if self.memory_limit_mb is not None:
             free = min(free, self.memory_limit_mb)
         need = self.memory_needed_mb(num_params, spec)

@@ -36,7 +36,7 @@ __all__ = [
     "apply_overrides",
 ]
 
-DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist", "csv")
+DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist", "csv", "synthetic")
 DOWNLOAD_DATASETS = ("cifar", "cifar10", "cifar100", "fashion_mnist", "emnist", "femnist", "imagenet")
 MODELS = ("fnn", "mlp", "cnn", "logreg")
 # The book's ch.3 names models after torchvision constructors (resnet18 in conf.json, resnet50 in 15.3).
@@ -136,6 +136,16 @@ class SecureConfig(_Section):
         return self
 
 
+class SyntheticConfig(_Section):
+    """``type: synthetic``: the LEAF / FedProx Synthetic(alpha, beta) generator (see data/synthetic.py)."""
+
+    num_samples: int = Field(20_000, ge=2, description="rows over all clients (train + eval)")
+    dim: int = Field(60, ge=1)
+    classes: int = Field(10, ge=2)
+    alpha: float = Field(1.0, ge=0, description="how much the clients' models differ")
+    beta: float = Field(1.0, ge=0, description="how much the clients' inputs differ")
+
+
 class DataConfig(_Section):
     """Files for ``type: csv``: one table split by ``partition``, or one file per client."""
 
@@ -173,6 +183,7 @@ class Config(_Section):
     hidden: list[int] | None = None
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     data: DataConfig | None = None
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
@@ -228,6 +239,10 @@ class Config(_Section):
             raise ValueError("set only one of rate (book 15.3) and prop (book 15.5)")
         if (self.rate is not None or self.prop is not None) and self.compression.up != "none":
             raise ValueError("rate/prop set the upload codec; do not also set compression.up")
+        if self.type == "synthetic" and self.partition.method != "iid":
+            raise ValueError("type: synthetic is partitioned by its generator (one teacher per client); drop partition")
+        if self.type == "synthetic" and self.synthetic.num_samples < 2 * self.no_models:
+            raise ValueError(f"synthetic.num_samples must give each of the {self.no_models} clients at least 2 rows")
         self._check_secure()
         for spec in self.sweep or []:
             try:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 import torch
 from torch import nn
 
@@ -111,9 +112,10 @@ class Federation:
         down, received = self.channel.down(server.global_vec, round)
         dropped = np.random.default_rng([cfg.seed, round, _DROPOUT_TAG]).random(len(cohort)) < cfg.runtime.dropout
         alive, failed = [], {}
+        free_mb = psutil.virtual_memory().available / 2**20  # simulated clients share this machine's memory
         for cid, drop in zip(cohort, dropped):
             server.record_picked(cid, round)
-            report = self.clients[cid].check_resources(self.num_params, self.spec)
+            report = self.clients[cid].check_resources(self.num_params, self.spec, free_mb)
             reason = "dropped out (runtime.dropout)" if drop else ("" if report.ok else f"refused: {report.reason}")
             if reason:
                 failed[cid] = reason
