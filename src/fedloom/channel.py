@@ -18,9 +18,9 @@ import torch
 from .codecs import CodecContext, ErrorFeedback, decode_batch, parse_codec
 from .params import Layout
 
-__all__ = ["Channel", "split_ef"]
+__all__ = ["Channel", "split_ef", "BROADCAST_ID"]
 
-_SERVER = 0  # client id used in the down codec's context: one broadcast payload for everybody
+BROADCAST_ID = 0  # client id in the down codec's context: one broadcast payload for everybody
 
 
 def split_ef(spec: str) -> tuple[str, bool]:
@@ -44,7 +44,7 @@ class Channel:
 
     def down(self, global_vec: torch.Tensor, round: int) -> tuple[bytes, torch.Tensor]:
         """The broadcast payload and the vector every client decodes from it."""
-        ctx = CodecContext(self.layout, _SERVER, round, self.seed)
+        ctx = CodecContext(self.layout, BROADCAST_ID, round, self.seed)
         payload = self.down_codec.encode(global_vec, ctx)
         return payload, self.down_codec.decode(payload, ctx).values
 

@@ -26,7 +26,7 @@ from ..config import Config
 from ..errors import DataError
 from .partition import Partition, partition
 
-__all__ = ["FedData", "load_data", "mnist_path"]
+__all__ = ["FedData", "load_data", "mnist_path", "read_csv", "standardize"]
 
 _PARTITION_TAG = 1  # stream id for the partition's RNG, so it never collides with other draws
 
@@ -98,7 +98,7 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, i
     return x, bunch.target.astype(np.int64), names, None
 
 
-def _read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Numeric features and raw (string) labels of one CSV file with a header row."""
     p = Path(path)
     if not p.is_file():
@@ -145,7 +145,7 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
 
 
-def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     mean = train.mean(axis=0)
     std = train.std(axis=0)
     std[std == 0] = 1.0  # constant columns stay constant (0) instead of dividing by zero
@@ -154,12 +154,12 @@ def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 def _csv_clients(cfg: Config) -> tuple[np.ndarray, ...]:
     d = cfg.data
-    files = [_read_csv(f, d.label) for f in d.clients]
+    files = [read_csv(f, d.label) for f in d.clients]
     widths = {f[0].shape[1] for f in files}
     if len(widths) != 1:
         raise DataError(f"data.clients: the files have different numbers of feature columns: {sorted(widths)}")
     if d.eval is not None:
-        ev = _read_csv(d.eval, d.label)
+        ev = read_csv(d.eval, d.label)
         if ev[0].shape[1] != files[0][0].shape[1]:
             raise DataError(f"{d.eval}: {ev[0].shape[1]} feature columns, the client files have {files[0][0].shape[1]}")
         parts_y, classes = _encode_labels(*(f[1] for f in files), ev[1])
@@ -197,10 +197,10 @@ def load_data(cfg: Config) -> FedData:
         x_tr, y_tr, x_ev, y_ev, classes, part = _synthetic(cfg)
     elif cfg.type == "csv" and cfg.data.clients:
         x_tr, y_tr, x_ev, y_ev, classes, part = _csv_clients(cfg)
-        x_tr, x_ev = _standardize(x_tr, x_ev)
+        x_tr, x_ev = standardize(x_tr, x_ev)
     else:
         if cfg.type == "csv":
-            x, raw_y, _ = _read_csv(cfg.data.path, cfg.data.label)
+            x, raw_y, _ = read_csv(cfg.data.path, cfg.data.label)
             (y,), classes = _encode_labels(raw_y)
         else:
             x, y, classes, image_shape = _bundled(cfg.type)
@@ -208,7 +208,7 @@ def load_data(cfg: Config) -> FedData:
             raise DataError(f"{cfg.type}: the label column has a single class; a classifier needs at least two")
         x_tr, x_ev, y_tr, y_ev = _split(x, y, cfg.eval_fraction, cfg.seed)
         if image_shape is None:
-            x_tr, x_ev = _standardize(x_tr, x_ev)
+            x_tr, x_ev = standardize(x_tr, x_ev)
         p = cfg.partition
         rng = np.random.default_rng([cfg.seed, _PARTITION_TAG])
         part = partition(y_tr, cfg.no_models, p.method, rng, p.alpha, p.shards_per_client, p.min_size)

@@ -1,0 +1,46 @@
+"""The Flower runtime: fedloom's federation over real processes and a real network.
+
+``fedloom server`` starts a Flower SuperLink and submits a generated Flower app whose ServerApp
+(``server_app.py``, round loop in ``coordinator.py``) runs the simulation's own Server, Channel, aggregators
+and codecs; ``fedloom client`` starts a SuperNode and runs the ClientApp in its own warm process
+(``executor.py``, ``worker.py``). ``protocol.py`` is what travels; ``launch.py`` starts and stops the Flower
+pieces; ``certs.py`` makes a test CA. Only this package imports flwr; importing it alone does not.
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..errors import FedloomError
+
+__all__ = ["FLWR_RANGE", "require_flwr", "check_deployable"]
+
+FLWR_RANGE = ((1, 42), (1, 43))  # executor.py uses flwr's Runtime API client, internal to flwr 1.42
+
+
+def require_flwr() -> str:
+    """flwr's version, or a FedloomError that says how to install it."""
+    try:
+        import flwr
+    except ImportError:
+        raise FedloomError("the Flower runtime needs flwr: pip install 'fedloom[flower]'") from None
+    version = getattr(flwr, "__version__", "0")
+    try:
+        major_minor = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        major_minor = (0, 0)
+    low, high = FLWR_RANGE
+    if not low <= major_minor < high:
+        raise FedloomError(
+            f"fedloom's Flower runtime needs flwr {low[0]}.{low[1]}.x, found {version}: pip install 'fedloom[flower]'"
+        )
+    return version
+
+
+def check_deployable(cfg: Config) -> None:
+    """Refuse, with the reason, what the Flower runtime does not run yet."""
+    secure = getattr(cfg, "secure", None)
+    if secure is not None and getattr(secure, "method", "none") != "none":
+        raise FedloomError(
+            f"secure.method {secure.method}: secure aggregation does not run over Flower yet; "
+            "use `fedloom run` for it, or set secure.method: none"
+        )

@@ -1,0 +1,88 @@
+"""The ``fedloom server``, ``fedloom client`` and ``fedloom certs`` commands.
+
+    fedloom server -c CONF --address HOST:PORT --out DIR (--insecure | --tls-dir DIR) [--resume]
+    fedloom client -c CONF --server HOST:PORT --client-id I [--data FILE] (--insecure | --root-cert FILE)
+    fedloom certs DIR [--host NAME ...] [--days N]
+
+``add_parsers`` registers them on ``fedloom``'s sub-parsers, each with ``handler`` set to its function.
+Nothing here imports flwr until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parsers", "cmd_server", "cmd_client", "cmd_certs"]
+
+
+def _conf(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("-c", "--config", required=True, help="the federation's config (the same file on every machine)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    srv = sub.add_parser("server", help="run a federation as a Flower server (SuperLink + ServerApp)")
+    _conf(srv)
+    srv.add_argument("--address", required=True, metavar="HOST:PORT", help="where clients connect, e.g. 0.0.0.0:9092")
+    srv.add_argument("--out", help="output directory (default runs/<name>-<time>)")
+    mode = srv.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--insecure", action="store_true", help="no TLS (trusted networks and tests only)")
+    mode.add_argument("--tls-dir", metavar="DIR", help="ca.pem, server.pem and server.key (see `fedloom certs`)")
+    srv.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    srv.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long the first round waits for the whole cohort before going on with runtime.min_clients",
+    )
+    srv.set_defaults(handler=cmd_server)
+
+    cli = sub.add_parser("client", help="join a federation as one client (Flower SuperNode + warm ClientApp)")
+    _conf(cli)
+    cli.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's --address as reachable here")
+    cli.add_argument("--client-id", required=True, type=int, metavar="I", help="which client this is, 0..no_models-1")
+    cli.add_argument("--data", metavar="FILE", help="this client's own CSV (header row, label column data.label)")
+    mode = cli.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--insecure", action="store_true", help="no TLS (the server must run --insecure too)")
+    mode.add_argument("--root-cert", metavar="FILE", help="the CA certificate that signed the server's (ca.pem)")
+    cli.set_defaults(handler=cmd_client)
+
+    crt = sub.add_parser("certs", help="make a test CA and a server certificate for TLS")
+    crt.add_argument("dir", help="directory to write ca.pem, ca.key, server.pem, server.key into")
+    crt.add_argument("--host", action="append", default=[], help="a name or IP clients use to reach the server")
+    crt.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    crt.set_defaults(handler=cmd_certs)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..runs import default_out_dir
+    from .launch import TlsFiles
+    from .server_main import serve
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else default_out_dir(cfg.name)
+    tls = None if args.insecure else TlsFiles.from_dir(args.tls_dir)
+    return serve(cfg, args.address, out, tls, args.resume, args.quiet, args.wait)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from .client_main import join
+
+    cfg = load_config(args.config, args.set)
+    root = None if args.insecure else Path(args.root_cert)
+    return join(cfg, args.server, args.client_id, args.data, root, args.quiet)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from .certs import make_certs
+
+    paths = make_certs(args.dir, args.host, args.days)
+    for role, p in paths.items():
+        print(f"{role:>7}: {p}")
+    print(f"server: fedloom server ... --tls-dir {args.dir}    clients: fedloom client ... --root-cert {paths['ca']}")
+    return 0

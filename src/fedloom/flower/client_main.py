@@ -1,0 +1,122 @@
+"""``fedloom client``: one warm process that trains, and a SuperNode child that talks to the server.
+
+Start: load the config and this client's data, build the model, check resources (lower the batch size or
+refuse, exit 2) → start the in-process executor (``executor.py``) → start ``flower-supernode`` in process
+isolation pointing at ``--server``. Then supervise: when the SuperNode exits (server restarted, network
+lost, SuperLink no longer knows the node), start it again after a backoff of 1, 2, 4 … 30 s; a new node
+says hello to the server again and joins the next rounds. Flower's own heartbeat (every 30 s) tells the
+SuperLink the node is alive; this process logs one line per round and a "still waiting" line when the
+server has been silent for a while. Exit 0 when the server says the run is finished, 2 when the server runs
+a different federation config (the reason names the differing fields).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import Config
+from ..errors import FedloomError
+from . import check_deployable, require_flwr
+from .launch import (
+    flower_env,
+    free_port,
+    parse_address,
+    start_process,
+    stop_process,
+    supernode_command,
+    terminate_as_interrupt,
+)
+
+__all__ = ["join", "Backoff"]
+
+_SILENT_NOTE = 60.0  # seconds without a message before a "still waiting" line
+_SETTLE = 1.5  # seconds for the SuperNode to push our last answer (it looks for answers every 0.5 s)
+
+
+class Backoff:
+    """1, 2, 4 … ``cap`` seconds; back to 1 once a connection has lasted ``reset_after`` seconds."""
+
+    def __init__(self, cap: float = 30.0, reset_after: float = 60.0):
+        self.cap, self.reset_after, self.delay = cap, reset_after, 1.0
+
+    def next(self, lasted: float) -> float:
+        if lasted >= self.reset_after:
+            self.delay = 1.0
+        delay, self.delay = self.delay, min(self.cap, self.delay * 2)
+        return delay
+
+
+def _logger(cid: int, quiet: bool) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        if not quiet:
+            print(f"{time.strftime('%H:%M:%S')} client {cid}: {line}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def join(
+    cfg: Config, server: str, client_id: int, data: str | None, root_cert: Path | None, quiet: bool = False
+) -> int:
+    """Serve as client ``client_id`` of the federation at ``server`` until it finishes; returns the exit code."""
+    require_flwr()
+    check_deployable(cfg)
+    parse_address(server, "--server")
+    if root_cert is not None and not root_cert.is_file():
+        raise FedloomError(f"--root-cert {root_cert}: file not found (the server's ca.pem from `fedloom certs`)")
+    from .client_app import make_client_app
+    from .executor import InProcessExecutor
+    from .worker import ClientWorker
+
+    log = _logger(client_id, quiet)
+    worker = ClientWorker(cfg, client_id, data, log)
+    log(f"{worker.client.num_samples} rows, batch size {worker.spec.batch_size}, config hash {worker.hash}")
+
+    def handle(kind: str, fields: dict) -> dict:
+        reply = worker.handle(kind, fields)
+        if kind == "train":
+            what = (
+                f"loss {reply['train_loss']:.4f} ({reply['train_seconds']:.3f} s)" if reply["ok"] else reply["reason"]
+            )
+            log(f"round {reply['round']}: {what}")
+        elif kind == "hello":
+            log("joined the federation" if reply["ok"] else reply["reason"])
+        return reply
+
+    terminate_as_interrupt()
+    work = Path(tempfile.mkdtemp(prefix=f"fedloom-client{client_id}-"))
+    env = flower_env(work / "flwr-home")
+    port = free_port()
+    executor = InProcessExecutor(f"127.0.0.1:{port}", make_client_app(handle), log=log)
+    executor.start()
+    node = None
+    backoff = Backoff()
+    try:
+        while True:
+            node = start_process(supernode_command(server, port, root_cert), env, work / "supernode.log")
+            started = last_note = time.monotonic()
+            log(f"connecting to {server}")
+            while node.poll() is None:
+                if worker.finished.is_set() or worker.refused:
+                    time.sleep(_SETTLE)  # let the SuperNode deliver the answer first
+                    if worker.refused:
+                        raise FedloomError(worker.refused)
+                    log("the server finished the run")
+                    return 0
+                now = time.monotonic()
+                if now - worker.last_message > _SILENT_NOTE and now - last_note > _SILENT_NOTE:
+                    log(f"no message from the server for {now - worker.last_message:.0f} s; still waiting")
+                    last_note = now
+                time.sleep(0.1)
+            delay = backoff.next(time.monotonic() - started)
+            code = node.returncode
+            log(f"lost the connection to {server} (SuperNode exited with code {code}); retrying in {delay:.0f} s")
+            time.sleep(delay)
+    finally:
+        executor.stop()
+        stop_process(node)
+        shutil.rmtree(work, ignore_errors=True)

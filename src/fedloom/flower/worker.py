@@ -1,0 +1,228 @@
+"""The warm side of a deployed client: model, data, codec and error-feedback state held for the whole run.
+
+``fedloom client`` builds one :class:`ClientWorker` at start (torch, the data and the model are loaded once)
+and hands it every message Flower delivers; :meth:`ClientWorker.handle` answers with plain fields (see
+``protocol.py``). It uses the same core objects as the simulation: :class:`~fedloom.client.Client` trains
+(``local_train``, the reference path, seeded by ``(seed, round, client)`` like every engine) and
+:class:`~fedloom.channel.Channel` decodes the broadcast and encodes the update, with error feedback when
+configured. This module never imports Flower.
+
+Idempotent rounds: a server restarted with ``--resume`` may ask again for a round it had asked before it
+crashed. Training is deterministic, and the error-feedback residual is rolled back to what it was before the
+first attempt, so a repeated round gives the same payload and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..channel import BROADCAST_ID as _BROADCAST_ID  # the down codec's context: one payload for everybody
+from ..channel import Channel
+from ..client import Client, ResourceReport
+from ..codecs import CodecContext
+from ..config import Config
+from ..data import FedData, Partition, load_data
+from ..data.datasets import read_csv, standardize
+from ..errors import DataError, FedloomError
+from ..models import build_model
+from ..params import Layout, flatten
+from ..training import LocalSpec
+from .fingerprint import config_diff, config_hash, federation_dict
+
+__all__ = ["ClientWorker", "ResourceRefusal", "adapt_batch_size"]
+
+_IMAGE_TYPES = ("mnist", "digits")
+
+
+class ResourceRefusal(FedloomError):
+    """This machine cannot hold the training task, even with the smallest batch."""
+
+
+def adapt_batch_size(client: Client, num_params: int, spec: LocalSpec) -> tuple[LocalSpec, ResourceReport]:
+    """Halve the batch size until the resource check passes; the last report says why if it never does."""
+    report = client.check_resources(num_params, spec)
+    while not report.ok and spec.batch_size > 1:
+        spec = dataclasses.replace(spec, batch_size=max(1, spec.batch_size // 2))
+        report = client.check_resources(num_params, spec)
+    return spec, report
+
+
+class ClientWorker:
+    """One client's state and message handlers (thread-safe: one message at a time)."""
+
+    def __init__(self, cfg: Config, client_id: int, data_file: str | Path | None = None, log: Callable = print):
+        if not 0 <= client_id < cfg.no_models:
+            raise FedloomError(
+                f"--client-id {client_id}: must be in 0..{cfg.no_models - 1} (no_models is {cfg.no_models})"
+            )
+        if data_file is not None and cfg.type in _IMAGE_TYPES:
+            raise FedloomError(f"--data: a local file is supported for tabular data, not for type {cfg.type}")
+        self.cfg, self.id, self.log = cfg, client_id, log
+        self.hash = config_hash(cfg)
+        self.data_file = Path(data_file) if data_file is not None else None
+        self.lock = threading.Lock()
+        self.accepted = False
+        self.refused = ""  # set when the server's config differs: the process exits 2 after answering
+        self.finished = threading.Event()
+        self.last_message = time.monotonic()
+        self.rounds_trained = 0
+        self._ef_round, self._ef_before = -1, {}
+        if self.data_file is None:
+            self._setup(load_data(cfg))
+        else:
+            self._local = read_csv(str(self.data_file), cfg.data.label if cfg.data else "label")
+            # check what we can before connecting; the model is built once the server names the classes
+            self._setup(self._local_data([str(c) for c in sorted(set(self._local[1].tolist()))]))
+
+    # --- setup ---------------------------------------------------------------------------------------
+    def _setup(self, data: FedData) -> None:
+        cfg = self.cfg
+        self.data = data
+        self.model = build_model(
+            cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed
+        )
+        self.layout = Layout.from_model(self.model)
+        self.client = Client(self.id, data, cfg.runtime.client_memory_mb)
+        self.channel = Channel(
+            cfg.upload_codec, cfg.compression.down, cfg.compression.error_feedback, self.layout, cfg.seed
+        )
+        wanted = LocalSpec(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum)
+        self.spec, self.report = adapt_batch_size(self.client, self.layout.size, wanted)
+        if not self.report.ok:
+            raise ResourceRefusal(f"client {self.id} refuses the task: {self.report.reason} (even with batch size 1)")
+        if self.spec.batch_size != wanted.batch_size:
+            self.log(
+                f"client {self.id}: batch size lowered from {wanted.batch_size} to {self.spec.batch_size} to fit memory"
+            )
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throw-away training step now, so that torch's lazy start-up (~1 s) is not paid in round 1."""
+        if self.client.num_samples:
+            one = dataclasses.replace(self.spec, epochs=1, batch_size=self.client.num_samples)
+            self.client.local_train(self.model, flatten(self.model), one, self.cfg.seed, 0)
+
+    def _local_data(self, classes: list[str]) -> FedData:
+        """This client's own file as its whole partition, labels numbered as the server's ``classes``."""
+        x, raw, _ = self._local
+        index = {c: i for i, c in enumerate(classes)}
+        labels = raw.tolist()
+        if all(v in index for v in labels):
+            y = np.array([index[v] for v in labels], dtype=np.int64)
+        elif all(v.lstrip("-").isdigit() and 0 <= int(v) < len(classes) for v in labels):
+            y = np.array([int(v) for v in labels], dtype=np.int64)  # labels given as class numbers
+        else:
+            unknown = sorted({v for v in labels if v not in index})[:5]
+            raise DataError(f"{self.data_file}: labels {unknown} are not among the federation's classes {classes}")
+        (x_std,) = standardize(x)  # local statistics: the rows never leave this machine
+        parts = [np.zeros(0, np.int64)] * self.cfg.no_models
+        parts[self.id] = np.arange(len(y), dtype=np.int64)
+        empty = torch.zeros(0, x.shape[1])
+        return FedData(
+            "local",
+            torch.from_numpy(np.ascontiguousarray(x_std)),
+            torch.from_numpy(y),
+            empty,
+            torch.zeros(0, dtype=torch.int64),
+            list(classes),
+            Partition.from_lists(parts),
+        )
+
+    # --- messages ------------------------------------------------------------------------------------
+    def handle(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request (``protocol.py`` fields in, fields out)."""
+        with self.lock:
+            self.last_message = time.monotonic()
+            return {"hello": self._hello, "train": self._train, "finish": self._finish}[kind](fields)
+
+    def _base(self) -> dict[str, Any]:
+        return {"config_hash": self.hash, "client_id": self.id}
+
+    def _hello(self, req: dict[str, Any]) -> dict[str, Any]:
+        r = self.report
+        out = {
+            **self._base(),
+            "ok": True,
+            "reason": "",
+            "num_samples": self.client.num_samples,
+            "batch_size": self.spec.batch_size,
+            "cpus": r.cpus,
+            "free_mb": float(r.free_mb),
+            "need_mb": float(r.need_mb),
+        }
+        if req["config_hash"] != self.hash:
+            try:
+                theirs = federation_dict(json.loads(req["config_json"]))
+            except (ValueError, TypeError):
+                theirs = {}
+            diff = "; ".join(config_diff(federation_dict(self.cfg), theirs)) or "the configs differ"
+            self.refused = (
+                f"the server runs a different federation config (hash {req['config_hash']} there, "
+                f"{self.hash} here): {diff}"
+            )
+            return {**out, "ok": False, "reason": f"client refuses: {self.refused}"}
+        if self.data_file is not None and list(self.data.classes) != list(req["classes"]):
+            try:
+                self._setup(self._local_data(list(req["classes"])))
+            except FedloomError as e:
+                return {**out, "ok": False, "reason": f"client {self.id}: {e}"}
+            out.update(num_samples=self.client.num_samples, batch_size=self.spec.batch_size)
+        self.accepted = True
+        return out
+
+    def _train(self, req: dict[str, Any]) -> dict[str, Any]:
+        rnd = req["round"]
+        out = {
+            **self._base(),
+            "round": rnd,
+            "ok": False,
+            "reason": "",
+            "num_samples": 0,
+            "train_loss": float("nan"),
+            "train_seconds": 0.0,
+            "payload": b"",
+        }
+        if req["config_hash"] != self.hash:
+            return {**out, "reason": "config hash differs from this client's"}
+        report = self.client.check_resources(self.layout.size, self.spec)
+        if not report.ok:
+            return {**out, "reason": f"refused: {report.reason}"}
+        t0 = time.perf_counter()
+        ctx = CodecContext(self.layout, _BROADCAST_ID, rnd, self.cfg.seed)
+        try:
+            global_vec = self.channel.down_codec.decode(req["payload"], ctx).values
+        except Exception as e:  # noqa: BLE001 - a payload from the wire may be malformed in any way
+            return {**out, "reason": f"cannot decode the global model: {e}"}
+        if global_vec.numel() != self.layout.size:
+            return {
+                **out,
+                "reason": f"global model has {global_vec.numel()} values, this client's model {self.layout.size}",
+            }
+        update = self.client.local_train(self.model, global_vec, self.spec, self.cfg.seed, rnd)
+        if self._ef_round == rnd:  # the same round again (server resumed): undo the first attempt's residual
+            self.channel.load_state_dict(self._ef_before)
+        else:
+            self._ef_round, self._ef_before = rnd, self.channel.state_dict()
+        (payload,) = self.channel.up(update.diff[None], [self.id], rnd)  # [1, params] → one payload
+        self.rounds_trained += 1
+        return {
+            **out,
+            "ok": True,
+            "num_samples": update.num_samples,
+            "train_loss": float(update.metrics["train_loss"]),
+            "train_seconds": time.perf_counter() - t0,
+            "payload": payload,
+        }
+
+    def _finish(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.finished.set()
+        return {**self._base(), "ok": True}

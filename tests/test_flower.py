@@ -1,0 +1,330 @@
+"""The Flower runtime: the pieces alone (fast), then real server and client processes on loopback (slow).
+
+Slow tests start ``fedloom server`` and ``fedloom client`` processes on 127.0.0.1 with free ports; every
+process is started through :class:`fedloom.flower.local.LocalFederation`, whose ``close()`` (run by the
+fixture) ends them all. Rounds cost ~3.5 s each (the flwr 1.42 SuperNode's polling floor), so the configs
+are small: iris, fnn [16], 3 clients.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+import signal
+import socket
+import stat
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr", reason="the Flower runtime needs the optional extra: pip install 'fedloom[flower]'")
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+import fedloom.flower  # noqa: E402
+from fedloom.cli import main  # noqa: E402
+from fedloom.config import build_config  # noqa: E402
+from fedloom.flower.fingerprint import config_diff, config_hash, federation_dict  # noqa: E402
+from fedloom.flower.local import LocalFederation  # noqa: E402
+from fedloom.flower.protocol import ProtocolError, pack, unpack  # noqa: E402
+from fedloom.flower.worker import ClientWorker  # noqa: E402
+from fedloom.simulation import Federation, run_federation  # noqa: E402
+
+SMALL = {
+    "name": "iris-deploy", "model_name": "fnn", "hidden": [16], "type": "iris", "no_models": 3, "k": 3,
+    "local_epochs": 3, "batch_size": 10, "lr": 0.3, "momentum": 0.5, "seed": 0,
+    "runtime": {"round_timeout": 10, "min_clients": 2},
+}  # fmt: skip
+
+
+def _write(path, raw: dict):
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    return path
+
+
+def test_every_flower_module_imports():
+    names = [m.name for m in pkgutil.walk_packages(fedloom.flower.__path__, "fedloom.flower.")]
+    assert {"fedloom.flower.server_app", "fedloom.flower.executor", "fedloom.flower.cli"} <= set(names)
+    for name in names:
+        importlib.import_module(name)
+
+
+# --- fingerprint ------------------------------------------------------------------------------------
+def test_hash_ignores_per_process_fields_and_sees_federation_fields():
+    base = build_config(SMALL)
+    local = build_config({**SMALL, "runtime": {"threads": 1, "engine": "sequential", "round_timeout": 99}})
+    assert config_hash(base) == config_hash(local)
+    other = build_config({**SMALL, "lr": 0.1})
+    assert config_hash(base) != config_hash(other)
+    diff = config_diff(federation_dict(other), federation_dict(base))
+    assert diff == ["lr: 0.1 here, 0.3 there"]
+    assert "runtime" not in federation_dict(base)
+
+
+# --- protocol ---------------------------------------------------------------------------------------
+def test_protocol_round_trip_and_rejections():
+    fields = {"config_hash": "abc", "round": 3, "payload": b"\x00\x01"}
+    assert unpack("train", pack("train", fields)) == {"v": 1, **fields}
+    with pytest.raises(ProtocolError, match="missing field"):
+        pack("train", {"config_hash": "abc", "round": 3})
+    with pytest.raises(ProtocolError, match="'round' must be int"):
+        pack("train", {**fields, "round": True})  # a bool is not an int on the wire
+    with pytest.raises(ProtocolError, match="'payload' must be bytes"):
+        pack("train", {**fields, "payload": "text"})
+    with pytest.raises(ProtocolError, match="protocol version"):
+        pack("train", {**fields, "v": 99})
+    with pytest.raises(ProtocolError, match="unknown message kind"):
+        pack("evaluate", fields)
+
+
+# --- the server's book of nodes, the client's backoff --------------------------------------------------
+def test_node_book_admits_replaces_suspects_and_forgets():
+    from fedloom.flower.nodes import NodeBook
+
+    book = NodeBook()
+    assert book.to_greet({11, 12}, now=100.0, retry_after=20) == [11, 12]
+    book.hello_sent.update({11: 100.0, 12: 100.0})
+    assert book.admit(11, 0) is None and book.admit(12, 1) is None
+    assert book.active() == {0: 11, 1: 12}
+    book.suspect(12)  # let a round time out
+    assert book.active() == {0: 11}
+    assert book.to_greet({11, 12}, now=110.0, retry_after=20) == []  # greeted recently
+    assert book.to_greet({11, 12}, now=130.0, retry_after=20) == [12]  # suspect: greet again
+    assert book.admit(13, 1) == 12  # client 1 came back on a new node
+    assert book.active() == {0: 11, 1: 13} and book.presence[1].connects == 2
+    assert book.forget_offline({13}) == [0] and not book.presence[0].connected
+    book.refuse(14, 0, "config differs")
+    assert 14 not in book.to_greet({13, 14}, now=200.0, retry_after=20)
+    restored = NodeBook()
+    restored.load(book.state())
+    assert restored.presence[1].connects == 2 and restored.refusals[0]["reason"] == "config differs"
+
+
+def test_backoff_doubles_to_a_cap_and_resets_after_a_long_connection():
+    from fedloom.flower.client_main import Backoff
+
+    b = Backoff(cap=8, reset_after=60)
+    assert [b.next(lasted=1) for _ in range(5)] == [1, 2, 4, 8, 8]
+    assert b.next(lasted=120) == 1
+
+
+# --- the warm client ----------------------------------------------------------------------------------
+def test_worker_trains_like_the_core_client_and_repeats_a_round_exactly():
+    cfg = build_config({**SMALL, "compression": {"up": "topk:0.2+ef"}})
+    fed = Federation.build(cfg)
+    worker = ClientWorker(cfg, 1, log=lambda s: None)
+    down, received = fed.channel.down(fed.server.global_vec, 4)
+    req = {"v": 1, "config_hash": config_hash(cfg), "round": 4, "payload": down}
+    first = worker.handle("train", req)
+    assert first["ok"] and first["num_samples"] == fed.clients[1].num_samples
+    # the same numbers as the core Client and Channel of the simulation
+    update = fed.clients[1].local_train(fed.model, received, fed.spec, cfg.seed, 4)
+    (expected,) = fed.channel.up(update.diff[None], [1], 4)
+    assert first["payload"] == expected
+    # a resumed server asks for round 4 again: same payload, error-feedback residual not counted twice
+    again = worker.handle("train", req)
+    assert again["payload"] == first["payload"]
+    assert torch.equal(worker.channel.state_dict()["1"], fed.channel.state_dict()["1"])
+
+
+def test_worker_refuses_a_server_with_another_config():
+    worker = ClientWorker(build_config(SMALL), 0, log=lambda s: None)
+    theirs = build_config({**SMALL, "lr": 0.1, "local_epochs": 2})
+    reply = worker.handle(
+        "hello", {"config_hash": config_hash(theirs), "config_json": json.dumps(theirs.to_dict()), "classes": []}
+    )
+    assert not reply["ok"]
+    assert "different federation config" in worker.refused and "lr: 0.3 here, 0.1 there" in worker.refused
+    assert "local_epochs" in reply["reason"]
+
+
+def test_worker_with_its_own_csv_file(tmp_path):
+    cfg = build_config(SMALL)
+    fed = Federation.build(cfg)
+    idx = fed.data.client_indices(2).numpy()
+    x, y = fed.data.x_train[idx].numpy(), fed.data.y_train[idx].numpy()
+    lines = ["a,b,c,d,label"] + [",".join(f"{v:.6f}" for v in row) + f",{fed.data.classes[k]}" for row, k in zip(x, y)]
+    path = tmp_path / "mine.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    worker = ClientWorker(cfg, 2, path, log=lambda s: None)
+    hello = worker.handle("hello", {"config_hash": worker.hash, "config_json": "{}", "classes": fed.data.classes})
+    assert hello["ok"] and hello["num_samples"] == len(idx)
+    assert torch.equal(worker.data.y_train, torch.from_numpy(y))  # labels numbered as the server's classes
+    down, _ = fed.channel.down(fed.server.global_vec, 1)
+    reply = worker.handle("train", {"config_hash": worker.hash, "round": 1, "payload": down})
+    assert reply["ok"] and np.isfinite(reply["train_loss"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c,d,label\n1,2,3,4,tulip\n", encoding="utf-8")
+    w2 = ClientWorker(cfg, 2, bad, log=lambda s: None)
+    refused = w2.handle("hello", {"config_hash": w2.hash, "config_json": "{}", "classes": fed.data.classes})
+    assert not refused["ok"] and "tulip" in refused["reason"]
+
+
+# --- certificates, generated app, CLI ----------------------------------------------------------------
+def test_certs_chain_and_names(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    assert main(["certs", str(tmp_path / "c"), "--host", "fl.example.org"]) == 0
+    ca = x509.load_pem_x509_certificate((tmp_path / "c" / "ca.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate((tmp_path / "c" / "server.pem").read_bytes())
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "fl.example.org"} <= set(san.get_values_for_type(x509.DNSName))
+    assert "127.0.0.1" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    for key in ("ca.key", "server.key"):
+        assert stat.S_IMODE((tmp_path / "c" / key).stat().st_mode) == 0o600
+
+
+def test_generated_app_passes_flowers_own_validation(tmp_path):
+    import tomllib
+    from flwr.common.config import validate_config  # the check `flwr run` makes before building the FAB
+
+    from fedloom.flower.launch import write_app
+
+    app = write_app(tmp_path / "app", "x", tmp_path / "job.json")
+    conf = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
+    ok, errors, _ = validate_config(conf, check_module=True, project_dir=app)
+    assert ok, errors
+    assert conf["tool"]["flwr"]["app"]["config"]["job"] == str(tmp_path / "job.json")
+
+
+def test_cli_refusals(tmp_path, capsys):
+    conf = _write(tmp_path / "c.json", SMALL)
+    with pytest.raises(SystemExit) as e:  # neither --insecure nor --tls-dir
+        main(["server", "-c", str(conf), "--address", "127.0.0.1:1"])
+    assert e.value.code == 2
+    assert main(["server", "-c", str(conf), "--address", "nowhere", "--insecure", "--out", str(tmp_path / "o")]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+    assert main(["server", "-c", str(conf), "--address", "127.0.0.1:1", "--tls-dir", str(tmp_path)]) == 2
+    assert "fedloom certs" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"round": 1}\n', encoding="utf-8")
+    (run / "config.json").write_text(json.dumps(build_config({**SMALL, "lr": 0.1}).to_dict()), encoding="utf-8")
+    assert main(["server", "-c", str(conf), "--address", "127.0.0.1:1", "--insecure", "--out", str(run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (
+        main(["server", "-c", str(conf), "--address", "127.0.0.1:1", "--insecure", "--out", str(run), "--resume"]) == 2
+    )
+    assert "another federation config" in capsys.readouterr().err
+    assert main(["client", "-c", str(conf), "--server", "127.0.0.1:1", "--client-id", "7", "--insecure"]) == 2
+    assert "0..2" in capsys.readouterr().err
+    with socket.socket() as busy:  # somebody else listens on the port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert (
+            main(
+                [
+                    "server",
+                    "-c",
+                    str(conf),
+                    "--address",
+                    f"127.0.0.1:{port}",
+                    "--insecure",
+                    "--out",
+                    str(tmp_path / "b"),
+                ]
+            )
+            == 2
+        )
+        assert "cannot listen there" in capsys.readouterr().err
+
+
+# --- real processes on loopback ------------------------------------------------------------------------
+@pytest.fixture
+def federation(tmp_path):
+    feds = []
+
+    def make(raw: dict, **kw) -> LocalFederation:
+        fed = LocalFederation(_write(tmp_path / f"conf{len(feds)}.json", raw), tmp_path / f"fed{len(feds)}", **kw)
+        feds.append(fed)
+        return fed
+
+    yield make
+    for fed in feds:  # every process started, whatever happened
+        fed.close()
+
+
+def _simulate(raw: dict):
+    """The in-process run of the same config: (metrics rows, final global vector)."""
+    result = run_federation(Federation.build(build_config(raw)))
+    return result.rows, result.global_vec
+
+
+def _same_numbers(rows: list[dict], sim: list[dict]) -> None:
+    """Deployed rows equal the simulation's (up to float32 sums in another order: rel 1e-4 on the loss)."""
+    for mine, ref in zip(rows, sim, strict=False):
+        assert mine["round"] == ref["round"] and mine["accuracy"] == pytest.approx(ref["accuracy"])
+        assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-4)
+
+
+def _done(fed: LocalFederation, proc, timeout: float) -> None:
+    try:
+        code = proc.wait(timeout)
+    except Exception:
+        raise AssertionError(f"server did not finish in {timeout} s:\n{proc.output()[-3000:]}") from None
+    assert code == 0, proc.output()[-3000:]
+
+
+@pytest.mark.slow
+def test_client_killed_and_restarted_rejoins_and_a_mismatched_client_is_refused(federation, tmp_path):
+    raw = {**SMALL, "global_epochs": 8}
+    fed = federation(raw)
+    server = fed.server()
+    clients = [fed.client(i) for i in range(3)]
+    wrong = fed.client(0, config=_write(tmp_path / "wrong.json", {**raw, "lr": 0.1}), name="wrong")
+    fed.wait_rounds(2, 180)
+    clients[1].kill(signal.SIGKILL)  # the client and its SuperNode, as a crashed machine
+    killed_after = len(fed.rows())
+    time.sleep(1.0)
+    again = fed.client(1, name="client1-again")
+    _done(fed, server, 240)
+    rows = fed.rows()
+    assert [r["round"] for r in rows] == list(range(1, 9))
+    assert any(1 not in r["clients"] for r in rows[killed_after:])  # its absence was survived ...
+    assert all(len(r["clients"]) >= 2 and r["applied"] for r in rows)
+    assert 1 in rows[-1]["clients"] and 1 in rows[-2]["clients"]  # ... and it came back
+    sim, _ = _simulate(raw)
+    _same_numbers(rows[:killed_after], sim)  # until the crash: the simulation's numbers
+    assert rows[-1]["accuracy"] >= 0.85 and abs(rows[-1]["accuracy"] - sim[-1]["accuracy"]) <= 0.1
+    summary = json.loads((fed.out / "summary.json").read_text(encoding="utf-8"))
+    health = summary["health"]["1"]
+    assert health["connects"] >= 2 and health["failures"] >= 1 and health["last_error"]
+    assert any("different federation config" in r["reason"] for r in summary["refusals"])
+    assert (fed.out / "report.md").is_file() and (fed.out / "model.pt").is_file()
+    assert wrong.wait(30) == 2
+    assert "different federation config" in wrong.output() and "lr: 0.1 here, 0.3 there" in wrong.output()
+    for c in (clients[0], clients[2], again):
+        assert c.wait(30) == 0, c.output()[-2000:]
+
+
+@pytest.mark.slow
+def test_server_crash_and_resume_over_tls(federation, tmp_path):
+    assert main(["certs", str(tmp_path / "tls")]) == 0
+    raw = {**SMALL, "no_models": 2, "k": 2, "global_epochs": 4, "runtime": {"round_timeout": 10, "min_clients": 1}}
+    fed = federation(raw, tls_dir=tmp_path / "tls")
+    server = fed.server()
+    clients = [fed.client(i) for i in range(2)]
+    fed.wait_rounds(2, 180)
+    server.kill(signal.SIGKILL)  # the server machine crashes: SuperLink and ServerApp go too
+    resumed = fed.server(resume=True)
+    _done(fed, resumed, 240)
+    rows = fed.rows()
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]  # no round lost, none applied twice
+    sim, sim_global = _simulate(raw)  # every client answered every round: the simulation's numbers
+    _same_numbers(rows, sim)
+    summary = json.loads((fed.out / "summary.json").read_text(encoding="utf-8"))
+    # [2] when the crash fell between round 2's metrics row and its checkpoint: that row was redone
+    assert summary["resumed_at"] in ([2], [3]) and summary["rounds"] == 4
+    final = torch.load(fed.out / "model.pt", weights_only=True)
+    assert torch.allclose(torch.cat([v.reshape(-1) for v in final.values()]), sim_global, atol=1e-5)
+    assert "TLS" in resumed.output()
+    for c in clients:
+        assert c.wait(30) == 0, c.output()[-2000:]
