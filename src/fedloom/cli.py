@@ -105,9 +105,22 @@ def _print_table(title: str, items: dict) -> None:
     Console().print(table)
 
 
+def _finish_run(args, run_dir, summary: dict, state: dict, data, t0: float, title: str, keys: tuple) -> int:
+    """Write summary, model, partition, figures and report; print the summary table."""
+    from .report import render_run
+
+    summary["wall_seconds"] = time.perf_counter() - t0
+    partition = {"classes": data.classes, "label_counts": data.label_counts().tolist()}
+    run_dir.finish(summary, state, {"partition.json": partition})
+    render_run(run_dir.path)
+    if not args.quiet:
+        _print_table(title, {k: summary[k] for k in keys} | {"output": str(run_dir.path)})
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .report import render_run
+    from .params import load_into
     from .runs import RunDir, default_out_dir
     from .simulation import Federation, run_federation
 
@@ -116,8 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.secure.protocol == "encrypted-model":
         return _run_encrypted_model(cfg, args, t0)
     fed = Federation.build(cfg)  # data errors surface here, before anything is written
-    out = Path(args.out) if args.out else default_out_dir(cfg.name)
-    run_dir = RunDir(out, cfg.to_dict())
+    run_dir = RunDir(Path(args.out) if args.out else default_out_dir(cfg.name), cfg.to_dict())
     with _Progress(args.quiet) as progress:
         task = progress.task(f"{cfg.name}: rounds", cfg.global_epochs)
 
@@ -128,29 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.update(task, row)
 
         result = run_federation(fed, on_round, wall_start=t0)
-    from .params import load_into
-
     load_into(fed.model, result.global_vec)
+    keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "train_seconds", "client_failures")
     summary = {**result.summary, "health": result.health}
-    partition = {"classes": fed.data.classes, "label_counts": fed.data.label_counts().tolist()}
-    run_dir.finish(summary, fed.model.state_dict(), {"partition.json": partition})
-    render_run(out)
-    summary["wall_seconds"] = time.perf_counter() - t0
-    from .runs import write_json
-
-    write_json(out / "summary.json", summary)
-    if not args.quiet:
-        keys = (
-            "final_accuracy",
-            "final_loss",
-            "rounds",
-            "bytes_up",
-            "bytes_down",
-            "train_seconds",
-            "client_failures",
-        )
-        _print_table(f"{cfg.name}: summary", {k: summary[k] for k in keys} | {"output": str(out)})
-    return 0
+    return _finish_run(args, run_dir, summary, fed.model.state_dict(), fed.data, t0, f"{cfg.name}: summary", keys)
 
 
 def _run_encrypted_model(cfg, args: argparse.Namespace, t0: float) -> int:
@@ -158,15 +151,14 @@ def _run_encrypted_model(cfg, args: argparse.Namespace, t0: float) -> int:
     import torch
 
     from .data import load_data
-    from .report import render_run
-    from .runs import RunDir, default_out_dir, write_json
+    from .runs import RunDir, default_out_dir
     from .secure.encrypted_lr import run_encrypted_model
 
     data = load_data(cfg)
     out = Path(args.out) if args.out else default_out_dir(cfg.name)
+    run_dir = None
     with _Progress(args.quiet) as progress:
         task = progress.task(f"{cfg.name}: encrypted rounds", cfg.global_epochs)
-        run_dir = None
 
         def on_round(row: dict) -> None:
             nonlocal run_dir
@@ -174,16 +166,10 @@ def _run_encrypted_model(cfg, args: argparse.Namespace, t0: float) -> int:
             run_dir.append(row)
             progress.update(task, row)
 
-        rows, summary, weights = run_encrypted_model(cfg, data, on_round)
-    partition = {"classes": data.classes, "label_counts": data.label_counts().tolist()}
-    run_dir.finish(summary, {"weight": torch.from_numpy(weights)}, {"partition.json": partition})
-    render_run(out)
-    summary["wall_seconds"] = time.perf_counter() - t0
-    write_json(out / "summary.json", summary)
-    if not args.quiet:
-        keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "he_encrypt_seconds", "he_decrypt_seconds")
-        _print_table(f"{cfg.name}: encrypted model (book 15.4)", {k: summary[k] for k in keys} | {"output": str(out)})
-    return 0
+        _, summary, weights = run_encrypted_model(cfg, data, on_round)
+    keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "he_encrypt_seconds", "he_decrypt_seconds")
+    state = {"weight": torch.from_numpy(weights)}  # [features + 1], bias last
+    return _finish_run(args, run_dir, summary, state, data, t0, f"{cfg.name}: encrypted model (book 15.4)", keys)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
