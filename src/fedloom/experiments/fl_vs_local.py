@@ -108,6 +108,6 @@ def _plot(rows: list[dict], cfg: Config, half: int, path: Path) -> None:
         ylim=(0, 1.05),
         title=f"FL model vs single-party models ({cfg.type}, {cfg.partition.method} partition)",
     )
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # outside: never hides a bar
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
