@@ -1,9 +1,21 @@
-"""Simulation speed: fedloom's engines side by side with a book-style PyTorch loop (and Flower / pfl-research
-when they are importable), in one process run, printed as one ratio table.
+"""Simulation speed: fedloom's engines side by side with a book-style PyTorch loop, Flower's simulation and
+pfl-research, in one process run, printed as one ratio table.
 
     python bench/sim_speed.py                      # all workloads, 1 and 2 torch threads, median of 3
     python bench/sim_speed.py --quick              # one timed repetition, S3 with the vectorized engine only
     python bench/sim_speed.py --workloads seed,s1 --threads 2
+    python bench/sim_speed.py --skip flower,pfl    # without the (slow) external contenders
+
+External contenders, each skipped with a message when it is not installed:
+
+- Flower's simulation (``pip install "flwr[simulation]==1.42.0"``: Ray) runs in this process through
+  ``flwr.simulation.run_simulation`` (see ``bench/flower_contender.py``); ``threads`` is the number of CPUs
+  given to Ray, one client actor per CPU. Each run starts and stops Ray: its end-to-end time includes that.
+- pfl-research pins an older ``attrs`` than flwr, so it lives in its own virtual environment and runs in a
+  subprocess kept up for the whole run (``bench/pfl_contender.py``, ``--pfl-python``; by default
+  ``bench/.venv-pfl/bin/python`` when it exists), on a ``.npz`` this script writes from fedloom's data: the same
+  split, partition and initial weights. Create it with
+  ``python3 -m venv bench/.venv-pfl && bench/.venv-pfl/bin/pip install torch==2.13.0 pfl``.
 
 Workloads (issue 3); every contender runs the same algorithm: local SGD with momentum, cross-entropy, and
 the server step ``G += λ·Σ diff`` with ``λ = 1/k`` (the mean update):
@@ -17,6 +29,8 @@ the server step ``G += λ·Σ diff`` with ``λ = 1/k`` (the mean update):
 
 Time is the round loop (local training, aggregation and evaluation of every round), after a warm-up run of
 the same contender in the same process: the first ``torch.optim`` step of a process costs ~1.5–2 s here.
+End to end adds what a run builds before its rounds (model, loaders, federation; for Flower: Ray, its actors
+and their start-up, and Ray's shutdown; data already in memory for everyone, or for Flower's actors in the .npz).
 Repetitions are interleaved across contenders so that load from other jobs on the machine hits all alike;
 the table reports medians. Compare ratios within one run, not seconds across runs.
 """
@@ -24,15 +38,19 @@ the table reports medians. Compare ratios within one run, not seconds across run
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +61,7 @@ from fedloom.config import Config, build_config
 from fedloom.data import FedData, load_data
 from fedloom.data.partition import Partition
 from fedloom.data.synthetic import synthetic
-from fedloom.models import build_model
+from fedloom.models import DEFAULT_HIDDEN, build_model
 from fedloom.simulation import Federation, run_federation
 
 WORKLOADS = {
@@ -89,14 +107,16 @@ def workload_data(workload: str) -> FedData:
 
 
 # --------------------------------------------------------------------------------------------- contenders
-# A contender runs one workload and returns {"seconds": timed part (wall), "cpu": its process CPU time,
-# "train": local training inside it (wall), "accuracy": final accuracy}.
+# A contender runs one workload and returns {"seconds": round loop (wall), "end_to_end": wall from before the
+# model is built to after the last round, "cpu": its process CPU time in the round loop, "train": local training
+# inside it (wall), "accuracy": final accuracy}; a contender may add keys of its own.
 Result = dict[str, float]
 nan = float("nan")
 
 
 def run_fedloom(engine: str) -> Callable[[str, FedData], Result]:
     def run(workload: str, data: FedData) -> Result:
+        t0 = time.perf_counter()
         fed = Federation.build(config(workload, engine), data)
         inner, spent = fed.engine.train, [0.0]
 
@@ -109,10 +129,11 @@ def run_fedloom(engine: str) -> Callable[[str, FedData], Result]:
         fed.engine.train = timed  # instance attribute: time spent in local training only
         cpu = time.process_time()
         res = run_federation(fed)
-        cpu = time.process_time() - cpu
+        cpu, end_to_end = time.process_time() - cpu, time.perf_counter() - t0
         assert res.summary["engine"] == engine, res.summary["engine"]
         acc = res.summary["final_accuracy"]
-        return {"seconds": res.summary["train_seconds"], "cpu": cpu, "train": spent[0], "accuracy": acc}
+        return {"seconds": res.summary["train_seconds"], "end_to_end": end_to_end, "cpu": cpu, "train": spent[0],
+                "accuracy": acc}  # fmt: skip
 
     return run
 
@@ -137,6 +158,7 @@ def run_book(workload: str, data: FedData) -> Result:
     """The textbook loop (《联邦学习实战》 ch.3 style): one DataLoader per client over its rows, a model copy
     per sampled client, torch.optim.SGD, then ``G += λ·Σ diff`` on the state dict; evaluation every round."""
     cfg = config(workload)
+    start = time.perf_counter()
     model = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed)
     train = TensorDataset(data.x_train, data.y_train)
     loaders = [
@@ -158,63 +180,90 @@ def run_book(workload: str, data: FedData) -> Result:
         for name, p in model.state_dict().items():
             p.add_(total[name], alpha=cfg.lambda_)
         accuracy = _accuracy(model, data)
-    return {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - cpu, "train": training,
+    end = time.perf_counter()
+    return {"seconds": end - t0, "end_to_end": end - start, "cpu": time.process_time() - cpu, "train": training,
             "accuracy": accuracy}  # fmt: skip
 
 
+_TMP: list[Path] = []
+
+
+def _tmpdir() -> Path:
+    if not _TMP:
+        _TMP.append(Path(tempfile.mkdtemp(prefix="fedloom-bench-")))
+        atexit.register(shutil.rmtree, _TMP[0], ignore_errors=True)
+    return _TMP[0]
+
+
+def export_npz(workload: str, data: FedData) -> str:
+    """The workload's data, partition, initial weights and hyper-parameters as one .npz (written once per run)
+    for the contenders that run elsewhere: Flower's Ray actors and the pfl subprocess."""
+    path = _tmpdir() / f"{workload}.npz"
+    if not path.exists():
+        cfg = config(workload)
+        model = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed)
+        meta = {
+            "model_name": cfg.model_name, "features": data.num_features, "classes": data.num_classes,
+            "hidden": cfg.hidden or DEFAULT_HIDDEN.get(cfg.model_name),  # fnn/mlp: their widths; else None
+            "image_shape": list(data.image_shape) if data.image_shape else None, "seed": cfg.seed, "lr": cfg.lr,
+            "momentum": cfg.momentum, "local_epochs": cfg.local_epochs, "batch_size": cfg.batch_size,
+            "global_epochs": cfg.global_epochs, "k": cfg.k, "no_models": cfg.no_models,
+        }  # fmt: skip
+        init = {f"init/{k}": v.detach().numpy() for k, v in model.state_dict().items()}
+        np.savez(
+            path, x_train=data.x_train.numpy(), y_train=data.y_train.numpy(), x_eval=data.x_eval.numpy(),
+            y_eval=data.y_eval.numpy(), client_index=data.partition.order, client_offsets=data.partition.offsets,
+            meta=np.array(json.dumps(meta)), **init,
+        )  # fmt: skip
+    return str(path)
+
+
 def run_flower(workload: str, data: FedData) -> Result:
-    """Flower's simulation (Ray backend), end to end: the same local SGD in a NumPyClient, FedAvg with every
-    client weighted 1 (the plain mean = λ = 1/k), central evaluation each round."""
-    from flwr.client import ClientApp, NumPyClient
-    from flwr.common import ndarrays_to_parameters
-    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
-    from flwr.server.strategy import FedAvg
-    from flwr.simulation import run_simulation
+    """Flower's simulation (Ray backend), end to end: the book's local SGD in a ClientApp, FedAvg with every
+    client weighted 1 (the plain mean = λ = 1/k), central evaluation each round (``bench/flower_contender.py``).
+    Its "round loop" runs from the first client's local training to the last round's evaluation."""
+    import flower_contender
 
-    cfg = config(workload)
-    build = lambda: build_model(  # noqa: E731
-        cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed
-    )
-    model, final = build(), {}
+    ray_dir = str(_tmpdir() / "ray")  # Ray's session files go with this run's other files
+    res = flower_contender.run(export_npz(workload, data), data.x_eval, data.y_eval, torch.get_num_threads(), ray_dir)
+    return {"cpu": nan, **res}
 
-    def arrays(m: torch.nn.Module) -> list[np.ndarray]:
-        return [v.detach().numpy().copy() for v in m.state_dict().values()]
 
-    def load(m: torch.nn.Module, values: list[np.ndarray]) -> None:
-        m.load_state_dict({k: torch.from_numpy(v) for k, v in zip(m.state_dict(), values)})
+class PflProcess:
+    """The pfl contender: a subprocess in pfl's own environment, up for the whole run (warmed up like the
+    in-process contenders), one run per request."""
 
-    class BookClient(NumPyClient):
-        def __init__(self, cid: int):
-            idx = data.client_indices(cid)
-            self.loader = DataLoader(TensorDataset(data.x_train[idx], data.y_train[idx]), cfg.batch_size, shuffle=True)
+    procs: dict[str, subprocess.Popen] = {}
+    python: str | None = None
 
-        def fit(self, parameters, config):
-            local = build()
-            load(local, parameters)
-            _local_sgd(local, self.loader, cfg)
-            return arrays(local), 1, {}
+    @classmethod
+    def run(cls, workload: str, data: FedData) -> Result:
+        proc = cls.procs.get(workload)
+        if proc is None:
+            script = Path(__file__).with_name("pfl_contender.py")
+            proc = subprocess.Popen(
+                [cls.python, str(script), export_npz(workload, data)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            cls.procs[workload] = proc
+            cls._expect(proc, "READY")
+        proc.stdin.write(json.dumps({"threads": torch.get_num_threads()}) + "\n")
+        proc.stdin.flush()
+        return json.loads(cls._expect(proc, "RESULT "))
 
-    def evaluate(server_round, parameters, config):
-        load(model, parameters)
-        final["accuracy"] = _accuracy(model, data)
-        return 0.0, {"accuracy": final["accuracy"]}
+    @staticmethod
+    def _expect(proc: subprocess.Popen, prefix: str) -> str:
+        for line in proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+        raise RuntimeError(f"pfl contender exited ({proc.wait()}) before printing {prefix.strip()}; see its stderr")
 
-    strategy = FedAvg(
-        fraction_fit=cfg.k / cfg.no_models,
-        fraction_evaluate=0.0,
-        min_fit_clients=cfg.k,
-        min_available_clients=cfg.no_models,
-        evaluate_fn=evaluate,
-        initial_parameters=ndarrays_to_parameters(arrays(model)),
-    )
-    server = ServerApp(
-        server_fn=lambda ctx: ServerAppComponents(strategy=strategy, config=ServerConfig(cfg.global_epochs))
-    )
-    client = ClientApp(client_fn=lambda ctx: BookClient(int(ctx.node_config["partition-id"])).to_client())
-    t0 = time.perf_counter()
-    run_simulation(server, client, num_supernodes=cfg.no_models, backend_config={"client_resources": {"num_cpus": 1}})
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "cpu": nan, "train": nan, "accuracy": final.get("accuracy", nan)}
+    @classmethod
+    def close(cls) -> None:
+        for proc in cls.procs.values():
+            proc.stdin.close()
+            proc.wait(timeout=60)
+        cls.procs.clear()
 
 
 def _available(*modules: str, hint: str) -> str | None:
@@ -227,38 +276,87 @@ def _available(*modules: str, hint: str) -> str | None:
     return None
 
 
+PFL_VENV = Path(__file__).with_name(".venv-pfl") / "bin" / "python"
+PFL_HINT = (
+    "create its environment with `python3 -m venv bench/.venv-pfl && bench/.venv-pfl/bin/pip install "
+    "torch==2.13.0 pfl` (pfl pins an older attrs than flwr) or pass --pfl-python PATH"
+)
 CONTENDERS: dict[str, Callable[[str, FedData], Result]] = {
     "fedloom vectorized": run_fedloom("vectorized"),
     "fedloom sequential": run_fedloom("sequential"),
     "book-style loop": run_book,
     "flower simulation": run_flower,
+    "pfl-research": PflProcess.run,
 }
-SKIPPED = {
-    "flower simulation": _available("flwr", "ray", hint="pip install 'flwr[simulation]' (Ray backend)"),
-    "pfl-research": _available("pfl", hint="pip install pfl, in its own environment (it pins an older attrs)")
-    or "skipped: pfl is importable but this benchmark has no driver for it yet",
-}
+SKIPPED: dict[str, str | None] = {}  # contender → reason, filled by main()
+SHORT = {"flower": "flower simulation", "pfl": "pfl-research", "book": "book-style loop",
+         "sequential": "fedloom sequential"}  # fmt: skip
+EXTERNAL = ("flower simulation", "pfl-research")
 IN_S3 = ("fedloom vectorized", "fedloom sequential", "book-style loop")  # Flower's 10 000 Ray clients: not here
+
+
+def find_skips(skip: set[str], pfl_python: str | None) -> dict[str, str | None]:
+    out: dict[str, str | None] = {name: "skipped: --skip" for name in skip}
+    if "flower simulation" not in out:
+        os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+        os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+        if "FLWR_HOME" not in os.environ:  # private, removed at exit with the rest of this run's files
+            os.environ["FLWR_HOME"] = str(_tmpdir() / "flwr-home")
+        sys.path.insert(0, str(Path(__file__).parent))  # flower_contender, for us and (via PYTHONPATH) Ray's actors
+        out["flower simulation"] = _available(
+            "flwr", "ray", "flower_contender", hint='pip install "flwr[simulation]==1.42.0" (the Ray backend)'
+        )
+    if "pfl-research" not in out:
+        python = pfl_python or (str(PFL_VENV) if PFL_VENV.exists() else None)
+        if python is None:
+            out["pfl-research"] = f"skipped: no pfl environment at {PFL_VENV}; {PFL_HINT}"
+        else:
+            try:
+                check = subprocess.run([python, "-c", "import pfl, torch"], capture_output=True, text=True)
+                code, err = check.returncode, check.stderr
+            except OSError as e:
+                code, err = 1, str(e)
+            if code:
+                last = (err.strip().splitlines() or ["?"])[-1]
+                out["pfl-research"] = f"skipped: {python} cannot import pfl ({last}); {PFL_HINT}"
+            else:
+                PflProcess.python = python
+    return out
 
 
 # --------------------------------------------------------------------------------------------- measuring
 def time_workload(workload: str, threads: list[int], reps: int) -> dict[str, dict[int, Result]]:
-    """{contender: {threads: median result}} for the runnable in-process contenders."""
+    """{contender: {threads: median result}} for the runnable contenders. An external contender that fails
+    is dropped from the run with its error in SKIPPED; fedloom's own contenders' errors propagate."""
     data = workload_data(workload)
     runnable = {n: f for n, f in CONTENDERS.items() if not SKIPPED.get(n)}
     out: dict[str, dict[int, Result]] = {n: {} for n in runnable}
+
+    def attempt(name: str) -> Result | None:
+        if name not in EXTERNAL:
+            return runnable[name](workload, data)
+        try:
+            return runnable[name](workload, data)
+        except Exception as e:
+            SKIPPED[name] = f"failed in {workload}: {type(e).__name__}: {e}"
+            del runnable[name]
+            return None
+
     for t in threads:
         torch.set_num_threads(t)
-        for run in runnable.values():
-            run(workload, data)  # warm-up: first optimizer step, vmap tracing, allocator
+        for name in list(runnable):
+            attempt(name)  # warm-up: first optimizer step, vmap tracing, allocator; pfl's process start
         got: dict[str, list[Result]] = {n: [] for n in runnable}
         for _ in range(reps):  # interleaved, so background load hits every contender alike
-            for name, run in runnable.items():
-                got[name].append(run(workload, data))
+            for name in list(runnable):
+                res = attempt(name)
+                if res is not None:
+                    got[name].append(res)
         for name, results in got.items():
-            out[name][t] = {k: statistics.median(r[k] for r in results) for k in results[0]}
-            out[name][t]["accuracy"] = results[-1]["accuracy"]
-    return out
+            if name in runnable and results:
+                out[name][t] = {k: statistics.median(r[k] for r in results) for k in results[0]}
+                out[name][t]["accuracy"] = results[-1]["accuracy"]
+    return {n: r for n, r in out.items() if r}
 
 
 def sgemm_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
@@ -311,24 +409,26 @@ def _ratio(book: float, x: float) -> str:
 
 
 def print_table(results: dict, s3_res: dict | None, s3_threads: int) -> None:
-    head = ["workload", "contender", "threads", "round loop s", "× book", "cpu s", "× book",
+    head = ["workload", "contender", "threads", "round loop s", "× book", "end to end s", "× book", "cpu s", "× book",
             "local training s", "× book", "accuracy"]  # fmt: skip
     rows: list[list[str]] = []
     for workload, by_name in results.items():
         book = by_name.get("book-style loop", {})
         for name, by_threads in by_name.items():
             for t, r in by_threads.items():
-                b = book.get(t, {"seconds": nan, "cpu": nan, "train": nan})
+                b = book.get(t, {"seconds": nan, "end_to_end": nan, "cpu": nan, "train": nan})
                 cells = [f"{r['seconds']:.3f}", _ratio(b["seconds"], r["seconds"])]
+                cells += [f"{r['end_to_end']:.3f}", _ratio(b["end_to_end"], r["end_to_end"])]
                 cells += [f"{r['cpu']:.3f}" if r["cpu"] == r["cpu"] else "", _ratio(b["cpu"], r["cpu"])]
-                cells += [f"{r['train']:.3f}" if r["train"] == r["train"] else "(end to end)"]
+                cells += [f"{r['train']:.3f}" if r["train"] == r["train"] else ""]
                 cells += [_ratio(b["train"], r["train"]), f"{r['accuracy']:.4f}"]
                 rows.append([workload, name, str(t), *cells])
     for name, r in (s3_res or {}).items():
         if "error" in r:
             rows.append(["s3", name, str(s3_threads), f"failed: {r['error']}"])
             continue
-        cells = [f"{r['seconds']:.3f}", "", f"{r['cpu']:.3f}", "", f"{r['train']:.3f}", "", f"{r['accuracy']:.4f}"]
+        cells = [f"{r['seconds']:.3f}", "", f"{r['end_to_end']:.3f}", "", f"{r['cpu']:.3f}", "", f"{r['train']:.3f}",
+                 "", f"{r['accuracy']:.4f}"]  # fmt: skip
         rows.append(["s3", name, str(s3_threads), *cells, f"peak RSS {r['peak_rss_mb']:.0f} MB"])
     full = [r for r in rows if len(r) >= len(head)]
     widths = [max(len(x) for x in col) for col in zip(head, *full)]
@@ -342,11 +442,42 @@ def print_table(results: dict, s3_res: dict | None, s3_threads: int) -> None:
     print()
     for workload, by_name in results.items():  # same-accuracy check
         t = max(by_name["fedloom vectorized"])
-        acc = {name: r[t]["accuracy"] for name, r in by_name.items()}
-        same = acc["fedloom vectorized"] == acc.get("fedloom sequential")
+        acc = {name: r[t]["accuracy"] for name, r in by_name.items() if t in r}
+        same = acc["fedloom vectorized"] == acc.get("fedloom sequential", acc["fedloom vectorized"])
         spread = 100 * (max(acc.values()) - min(acc.values()))
         print(f"{workload}: fedloom engines {'identical' if same else 'DIFFER'} in final accuracy; "
               f"all contenders within {spread:.1f} points")  # fmt: skip
+    print_external(results)
+
+
+def print_external(results: dict) -> None:
+    """Flower's time broken down, and fedloom vectorized against each external contender (issue 3's targets:
+    S1 ≥ 30× Flower's simulation end to end, ≥ 3× pfl-research)."""
+    for workload, by_name in results.items():
+        for t, r in by_name.get("flower simulation", {}).items():
+            print(f"flower simulation, {workload} @{t} CPU(s) for Ray: end to end {r['end_to_end']:.2f} s = start-up "
+                  f"{r['startup']:.2f} s (run_simulation called → first client's local training: Ray, actors) + "
+                  f"rounds {r['seconds']:.2f} s + shutdown {r['shutdown']:.2f} s")  # fmt: skip
+    if any("flower simulation" in by_name for by_name in results.values()):
+        print("  (flwr.simulation.run_simulation: deprecated since flwr 1.13 for the `flwr run` CLI, yet Flower's only "
+              "in-process entry point; used here, with the Message API's ClientApp/ServerApp and FedAvg)")  # fmt: skip
+    targets = {"flower simulation": 30, "pfl-research": 3}
+    for workload, by_name in results.items():
+        vec = by_name["fedloom vectorized"]
+        for name in EXTERNAL:
+            for t, r in by_name.get(name, {}).items():
+                v = vec.get(t)
+                if v is None:
+                    continue
+                goal = f" (target {targets[name]}×)" if workload == "s1" else ""
+                cpu = (
+                    f"; cpu {v['cpu']:.3f} vs {r['cpu']:.3f} s = {r['cpu'] / v['cpu']:.1f}×"
+                    if r["cpu"] == r["cpu"]
+                    else ""
+                )
+                print(f"{workload} @{t}: fedloom vectorized vs {name}: round loop {v['seconds']:.3f} vs "
+                      f"{r['seconds']:.3f} s = {r['seconds'] / v['seconds']:.1f}×; end to end {v['end_to_end']:.3f} vs "
+                      f"{r['end_to_end']:.3f} s = {r['end_to_end'] / v['end_to_end']:.1f}×{cpu}{goal}")  # fmt: skip
 
 
 def main() -> None:
@@ -355,10 +486,16 @@ def main() -> None:
     p.add_argument("--workloads", default="seed,s1,s2,s3", help="comma-separated subset of seed,s1,s2,s3")
     p.add_argument("--threads", default="1,2", help="torch thread counts to time, e.g. 1,2")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per contender (the table shows medians)")
+    p.add_argument("--skip", default="", help="comma-separated contenders to leave out: flower, pfl, book, sequential")
+    p.add_argument("--pfl-python", help=f"Python of pfl's environment (default: {PFL_VENV}, when it exists)")
     p.add_argument("--s3-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.s3_child:
         return s3_child(args.s3_child)
+    skip = {w.strip().lower() for w in args.skip.split(",") if w.strip()}
+    if skip - set(SHORT):
+        p.error(f"unknown --skip {sorted(skip - set(SHORT))}; known: {', '.join(SHORT)}")
+    SKIPPED.update(find_skips({SHORT[w] for w in skip}, args.pfl_python))
     names = [w.strip().lower() for w in args.workloads.split(",") if w.strip()]
     unknown = set(names) - set(WORKLOADS)
     if unknown:
@@ -368,7 +505,10 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load:.1f} at start; median of {reps};")
     print("λ = 1/k; round loop = local training + aggregation + evaluation of every round, after a warm-up run")
-    results = {w: time_workload(w, threads, reps) for w in names if w != "s3"}
+    try:
+        results = {w: time_workload(w, threads, reps) for w in names if w != "s3"}
+    finally:
+        PflProcess.close()
     s3_res = None
     if "s3" in names:
         s3_res = s3(["fedloom vectorized"] if args.quick else list(IN_S3), min(threads))
