@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import pkgutil
+import shutil
 import signal
 import socket
 import stat
@@ -31,7 +32,7 @@ from fedloom.cli import main  # noqa: E402
 from fedloom.config import build_config  # noqa: E402
 from fedloom.flower.fingerprint import config_diff, config_hash, federation_dict  # noqa: E402
 from fedloom.flower.local import LocalFederation  # noqa: E402
-from fedloom.flower.protocol import ProtocolError, pack, unpack  # noqa: E402
+from fedloom.flower.protocol import VERSION, ProtocolError, pack, unpack  # noqa: E402
 from fedloom.flower.worker import ClientWorker  # noqa: E402
 from fedloom.simulation import Federation, run_federation  # noqa: E402
 
@@ -68,8 +69,8 @@ def test_hash_ignores_per_process_fields_and_sees_federation_fields():
 
 # --- protocol ---------------------------------------------------------------------------------------
 def test_protocol_round_trip_and_rejections():
-    fields = {"config_hash": "abc", "round": 3, "payload": b"\x00\x01"}
-    assert unpack("train", pack("train", fields)) == {"v": 1, **fields}
+    fields = {"config_hash": "abc", "round": 3, "payload": b"\x00\x01", "weight_ref": 40.0}
+    assert unpack("train", pack("train", fields)) == {"v": VERSION, **fields}
     with pytest.raises(ProtocolError, match="missing field"):
         pack("train", {"config_hash": "abc", "round": 3})
     with pytest.raises(ProtocolError, match="'round' must be int"):
@@ -119,7 +120,7 @@ def test_worker_trains_like_the_core_client_and_repeats_a_round_exactly():
     fed = Federation.build(cfg)
     worker = ClientWorker(cfg, 1, log=lambda s: None)
     down, received = fed.channel.down(fed.server.global_vec, 4)
-    req = {"v": 1, "config_hash": config_hash(cfg), "round": 4, "payload": down}
+    req = {"v": VERSION, "config_hash": config_hash(cfg), "round": 4, "payload": down, "weight_ref": 0.0}
     first = worker.handle("train", req)
     assert first["ok"] and first["num_samples"] == fed.clients[1].num_samples
     # the same numbers as the core Client and Channel of the simulation
@@ -135,9 +136,8 @@ def test_worker_trains_like_the_core_client_and_repeats_a_round_exactly():
 def test_worker_refuses_a_server_with_another_config():
     worker = ClientWorker(build_config(SMALL), 0, log=lambda s: None)
     theirs = build_config({**SMALL, "lr": 0.1, "local_epochs": 2})
-    reply = worker.handle(
-        "hello", {"config_hash": config_hash(theirs), "config_json": json.dumps(theirs.to_dict()), "classes": []}
-    )
+    hello = {"config_hash": config_hash(theirs), "config_json": json.dumps(theirs.to_dict()), "classes": []}
+    reply = worker.handle("hello", {**hello, "key_fingerprint": ""})
     assert not reply["ok"]
     assert "different federation config" in worker.refused and "lr: 0.3 here, 0.1 there" in worker.refused
     assert "local_epochs" in reply["reason"]
@@ -152,17 +152,188 @@ def test_worker_with_its_own_csv_file(tmp_path):
     path = tmp_path / "mine.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     worker = ClientWorker(cfg, 2, path, log=lambda s: None)
-    hello = worker.handle("hello", {"config_hash": worker.hash, "config_json": "{}", "classes": fed.data.classes})
+    greeting = {"config_hash": worker.hash, "config_json": "{}", "classes": fed.data.classes, "key_fingerprint": ""}
+    hello = worker.handle("hello", greeting)
     assert hello["ok"] and hello["num_samples"] == len(idx)
     assert torch.equal(worker.data.y_train, torch.from_numpy(y))  # labels numbered as the server's classes
     down, _ = fed.channel.down(fed.server.global_vec, 1)
-    reply = worker.handle("train", {"config_hash": worker.hash, "round": 1, "payload": down})
+    reply = worker.handle("train", {"config_hash": worker.hash, "round": 1, "payload": down, "weight_ref": 0.0})
     assert reply["ok"] and np.isfinite(reply["train_loss"])
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c,d,label\n1,2,3,4,tulip\n", encoding="utf-8")
     w2 = ClientWorker(cfg, 2, bad, log=lambda s: None)
-    refused = w2.handle("hello", {"config_hash": w2.hash, "config_json": "{}", "classes": fed.data.classes})
+    refused = w2.handle("hello", greeting)
     assert not refused["ok"] and "tulip" in refused["reason"]
+
+
+# --- secure aggregation: keys, worker, coordinator (no processes) ----------------------------------------
+SECURE = {"method": "paillier", "key_bits": 1024, "allow_weak_keys": True}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """``holder``: both key files (a key holder's key_dir); ``public``: the public file only (the server's and
+    the other clients'); ``other``: another key pair."""
+    root = tmp_path_factory.mktemp("keys")
+    for name in ("holder", "other"):
+        assert main(["keygen", str(root / name), "--key-bits", "1024", "--allow-weak-keys"]) == 0
+    (root / "public").mkdir()
+    shutil.copy(root / "holder" / "paillier_public.json", root / "public")
+    return root
+
+
+def _secure(raw: dict, key_dir, method: str = "paillier") -> dict:
+    return {**raw, "secure": {**SECURE, "method": method, "key_dir": str(key_dir)}}
+
+
+def test_check_deployable_allows_paillier_secagg_and_refuses_the_rest(keys, tmp_path, capsys):
+    from fedloom.errors import FedloomError
+
+    for method in ("paillier", "paillier-per-value"):
+        fedloom.flower.check_deployable(build_config(_secure(SMALL, keys / "public", method)))
+    refused = {
+        "needs secure.key_dir": {**SMALL, "secure": SECURE},
+        "supports paillier and paillier-per-value": {**SMALL, "secure": {"method": "ckks"}},
+        "runs only in `fedloom run`": {
+            **SMALL, "model_name": "logreg", "momentum": 0, "lambda": 0.5,
+            "secure": {**SECURE, "protocol": "encrypted-model", "key_dir": str(keys / "public")},
+        },
+    }  # fmt: skip
+    for reason, raw in refused.items():
+        with pytest.raises(FedloomError, match=reason):
+            fedloom.flower.check_deployable(build_config(raw))
+    conf = _write(tmp_path / "ckks.json", refused["supports paillier and paillier-per-value"])
+    args = ["--address", "127.0.0.1:1", "--insecure"]
+    assert main(["server", "-c", str(conf), *args, "--out", str(tmp_path / "o")]) == 2
+    assert "use `fedloom run` for ckks" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    conf = _write(tmp_path / "nokey.json", _secure(SMALL, tmp_path / "empty"))
+    assert main(["server", "-c", str(conf), *args, "--out", str(tmp_path / "o")]) == 2
+    assert "no paillier_public.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["paillier", "paillier-per-value"])
+def test_secure_worker_round_equals_the_simulated_secure_round(keys, method):
+    """ENCRYPT on the warm clients, ADD with the server's public-only cipher, DECRYPT on the key holder."""
+    from fedloom.flower.secure import load_server_side
+    from fedloom.secure.base import Decrypted
+    from fedloom.secure.secagg import SecAggState, Stage, add_updates, apply_aggregate
+
+    holder_cfg = build_config(_secure(SMALL, keys / "holder", method))
+    public_cfg = build_config(_secure(SMALL, keys / "public", method))
+    fed = Federation.build(holder_cfg)  # the simulation, whose key holder loads the same key pair
+    workers = [ClientWorker(holder_cfg if c == 0 else public_cfg, c, log=lambda s: None) for c in range(3)]
+    assert [w.key_holder for w in workers] == [True, False, False]
+    server = load_server_side(public_cfg, fed.num_params)
+    assert {w.key_fingerprint for w in workers} == {server.fingerprint}
+    w_ref, h = fed.secure.weight_ref, config_hash(holder_cfg)
+    down, _ = fed.channel.down(fed.server.global_vec, 1)
+    train = {"v": VERSION, "config_hash": h, "round": 1, "payload": down, "weight_ref": w_ref}
+    replies = [w.handle("train", train) for w in workers]
+    assert all(r["ok"] and len(r["payload"]) == server.payload_bytes for r in replies)
+    state = SecAggState(1, [0, 1, 2], payloads={c: r["payload"] for c, r in enumerate(replies)})
+    aggregate = add_updates(state, server.cipher)
+    req = {"v": VERSION, "config_hash": h, "round": 1, "aggregate": aggregate, "num_summands": 3}
+    req["length"] = fed.num_params
+    assert "does not hold the secret key" in workers[1].handle("decrypt", req)["reason"]
+    answer = workers[0].handle("decrypt", req)
+    assert answer["ok"] and len(answer["values"]) == 8 * fed.num_params
+    state.stage, state.result = Stage.DECRYPT, Decrypted(np.frombuffer(answer["values"], "<f8"), answer["weight"])
+    deployed = apply_aggregate(state, fed.server.aggregator, fed.server.global_vec, w_ref)
+    fed.run_round(1)  # the simulation's secure round: same diffs, same seeded rounding, same sums
+    assert torch.allclose(deployed, fed.server.global_vec, atol=1e-4)
+    # the key holder decrypts one aggregate per round, of at least two updates
+    again = workers[0].handle("decrypt", {**req, "aggregate": replies[1]["payload"], "num_summands": 2})
+    assert not again["ok"] and "already decrypted a different aggregate" in again["reason"]
+    assert workers[0].handle("decrypt", req)["ok"]  # the same sum again (a resumed server): fine
+    one = workers[0].handle("decrypt", {**req, "round": 2, "aggregate": replies[1]["payload"], "num_summands": 1})
+    assert not one["ok"] and "single client's update" in one["reason"]
+
+
+def test_secure_worker_refuses_another_public_key_and_a_readable_secret(keys, tmp_path):
+    from fedloom.errors import FedloomError
+
+    worker = ClientWorker(build_config(_secure(SMALL, keys / "other")), 1, log=lambda s: None)
+    theirs = ClientWorker(build_config(_secure(SMALL, keys / "public")), 2, log=lambda s: None).key_fingerprint
+    hello = {"config_hash": worker.hash, "config_json": "{}", "classes": [], "key_fingerprint": theirs}
+    reply = worker.handle("hello", hello)
+    assert not reply["ok"] and "public key" in reply["reason"] and theirs in worker.refused
+    leaky = tmp_path / "leaky"
+    shutil.copytree(keys / "holder", leaky)
+    (leaky / "paillier_secret.json").chmod(0o644)
+    with pytest.raises(FedloomError, match="chmod 600"):
+        ClientWorker(build_config(_secure(SMALL, leaky)), 0, log=lambda s: None)
+
+
+def _reachable_types(root) -> set[type]:
+    """Types of every object reachable from ``root`` (not descending into classes, modules, functions)."""
+    import gc
+    import types
+
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, torch.Tensor)
+    seen, found, stack = set(), set(), [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, skip):
+            continue
+        seen.add(id(obj))
+        found.add(type(obj))
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+def test_coordinator_holds_no_secret_key(keys, tmp_path, monkeypatch):
+    import fedloom.secure.paillier as paillier
+    import fedloom.secure.paillier_scheme as scheme
+    import fedloom.simulation as simulation
+    from fedloom.flower.coordinator import Coordinator
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the server loaded or generated a secret key")
+
+    for module, name in [(paillier, "load_secret_key"), (paillier, "secret_key_from_dict")]:
+        monkeypatch.setattr(module, name, forbidden)
+    for module in (paillier, scheme):
+        monkeypatch.setattr(module, "generate_keypair", forbidden)
+    monkeypatch.setattr(simulation, "make_keyholder", forbidden)
+    cfg = build_config(_secure(SMALL, keys / "holder"))  # the secret file is right there: it must not be read
+    lines = []
+    coord = Coordinator({"config": cfg.to_dict(), "out": str(tmp_path / "out")}, None, lines.append)
+    assert any("the server does not read it" in line for line in lines)
+    assert isinstance(coord.server.cipher, scheme.PaillierServerCipher) and coord.weight_ref > 0
+    found = _reachable_types(coord)
+    assert paillier.PublicKey in found and scheme.PaillierServerCipher in found  # the walk reaches the keys
+    assert not found & {paillier.SecretKey, scheme.PaillierKeyHolder, scheme.PaillierClientCipher}
+
+
+def test_remote_key_holder_not_answering_means_no_decryption(keys, tmp_path, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedloom.flower.coordinator import Coordinator, KeyHolderUnavailable, RemoteKeyHolder
+
+    for name in ("_task_id", "_run_id", "_node_id"):  # what a running ServerApp has set before making messages
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+    class SilentGrid:  # takes every message, never answers
+        def push_messages(self, msgs):
+            return [f"m{i}" for i, _ in enumerate(msgs)]
+
+        def pull_messages(self, ids):
+            return []
+
+        def get_nodes(self):
+            return [type("Node", (), {"node_id": 7})()]
+
+    cfg = build_config(_secure({**SMALL, "runtime": {"round_timeout": 0.3}}, keys / "public"))
+    coord = Coordinator({"config": cfg.to_dict(), "out": str(tmp_path / "out")}, SilentGrid(), lambda s: None)
+    with pytest.raises(KeyHolderUnavailable, match="no key holder connected"):
+        RemoteKeyHolder(coord, 1).decrypt(b"", 3, coord.fed.num_params)
+    coord.book.hello_sent[7] = time.monotonic()
+    coord.book.admit(7, 0)
+    coord.holders[0] = True
+    with pytest.raises(KeyHolderUnavailable, match="no answer within runtime.round_timeout"):
+        RemoteKeyHolder(coord, 1).decrypt(b"", 3, coord.fed.num_params)
+    assert 7 in coord.book.suspects
 
 
 # --- certificates, generated app, CLI ----------------------------------------------------------------
@@ -327,4 +498,42 @@ def test_server_crash_and_resume_over_tls(federation, tmp_path):
     assert torch.allclose(torch.cat([v.reshape(-1) for v in final.values()]), sim_global, atol=1e-5)
     assert "TLS" in resumed.output()
     for c in clients:
+        assert c.wait(30) == 0, c.output()[-2000:]
+
+
+@pytest.mark.slow
+def test_secure_aggregation_over_flower(federation, keys):
+    """Packed Paillier over real processes: the server has only the public key file, client 0 is the key
+    holder, a client with another public key is refused; the numbers are the simulated secure run's until
+    the key holder leaves, and then no round is applied."""
+    raw = _secure({**SMALL, "global_epochs": 3}, keys / "public")
+    fed = federation(raw)
+    server = fed.server()
+    clients = [fed.client(0, "--set", f"secure.key_dir={keys / 'holder'}"), fed.client(1), fed.client(2)]
+    wrong = fed.client(2, "--set", f"secure.key_dir={keys / 'other'}", name="wrongkey")
+    fed.wait_rounds(2, 180)
+    clients[0].kill(signal.SIGTERM)  # the key holder leaves: round 3 cannot be decrypted
+    _done(fed, server, 120)
+    rows = fed.rows()
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert all(r["applied"] and sorted(r["clients"]) == [0, 1, 2] and r["keyholder"] == 0 for r in rows[:2])
+    sim = run_federation(Federation.build(build_config(_secure(raw, keys / "holder")))).rows
+    for mine, ref in zip(rows[:2], sim[:2], strict=True):  # equal up to a quantization step here and there
+        assert mine["accuracy"] == pytest.approx(ref["accuracy"], abs=0.034)
+        assert mine["loss"] == pytest.approx(ref["loss"], rel=0.02)
+        for key in ("bytes_up", "bytes_keyholder"):  # ciphertext bytes; aggregate out, float64 sums back
+            assert mine[key] == ref[key]
+    plain = {k: v for k, v in raw.items() if k != "secure"}
+    assert abs(rows[1]["accuracy"] - _simulate(plain)[0][1]["accuracy"]) <= 0.05
+    last = rows[2]  # clients 1 and 2 trained and encrypted; nobody could decrypt
+    assert not last["applied"] and "no key holder connected" in last["secure_error"] and last["bytes_up"] > 0
+    assert last["accuracy"] == rows[1]["accuracy"] and last["loss"] == rows[1]["loss"]  # global unchanged
+    assert "not applied: no key holder connected" in server.output()
+    summary = json.loads((fed.out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["secure_method"] == "paillier" and summary["key_bits"] == 1024 and summary["rounds_applied"] == 2
+    assert summary["he_encrypt_seconds"] > 0 and summary["he_decrypt_seconds"] > 0
+    assert "holds no secret key" in server.output()
+    assert wrong.wait(30) == 2 and "public key" in wrong.output()
+    assert any("public key" in r["reason"] for r in summary["refusals"])
+    for c in clients[1:]:
         assert c.wait(30) == 0, c.output()[-2000:]

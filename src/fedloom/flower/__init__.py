@@ -37,10 +37,10 @@ def require_flwr() -> str:
 
 
 def check_deployable(cfg: Config) -> None:
-    """Refuse, with the reason, what the Flower runtime does not run yet."""
-    secure = getattr(cfg, "secure", None)
-    if secure is not None and getattr(secure, "method", "none") != "none":
-        raise FedloomError(
-            f"secure.method {secure.method}: secure aggregation does not run over Flower yet; "
-            "use `fedloom run` for it, or set secure.method: none"
-        )
+    """Refuse, with the reason, what the Flower runtime does not run: secure aggregation runs with
+    ``secure.method`` paillier or paillier-per-value, ``protocol: secagg`` and a ``secure.key_dir``."""
+    from .secure import deploy_refusal
+
+    reason = deploy_refusal(cfg)
+    if reason:
+        raise FedloomError(reason)

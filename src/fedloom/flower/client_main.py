@@ -75,6 +75,9 @@ def join(
     log = _logger(client_id, quiet)
     worker = ClientWorker(cfg, client_id, data, log)
     log(f"{worker.client.num_samples} rows, batch size {worker.spec.batch_size}, config hash {worker.hash}")
+    if worker.secure is not None:
+        role = "key holder (decrypts aggregates only)" if worker.key_holder else "public key only"
+        log(f"secure aggregation {cfg.secure.method}: {role}, public key fingerprint {worker.key_fingerprint}")
 
     def handle(kind: str, fields: dict) -> dict:
         reply = worker.handle(kind, fields)

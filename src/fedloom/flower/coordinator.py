@@ -9,6 +9,14 @@ aggregator and codecs are the simulation's own objects, built by ``Federation.bu
 
 Polling: Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls; this loop pulls every ``poll`` seconds
 (0.05 by default) with the Grid's ``push_messages``/``pull_messages`` and meanwhile greets nodes that join.
+
+Secure aggregation (compare ``Federation._secure_round``; the stages of ``secure/secagg.py``): the server
+loads only the public key (``secure.py``; ``Federation.build`` is given the config without its secure
+section, so no key holder is ever built in this process) → ENCRYPT runs on the clients (train answers carry
+ciphertexts) → ADD here (``add_updates`` with the ServerCipher) → DECRYPT by one connected key-holder client
+(``decrypt_aggregate`` with :class:`RemoteKeyHolder`, which sends a ``decrypt`` message and waits up to
+``runtime.round_timeout``) → APPLY here (``apply_aggregate``). No key holder connected, or none answering,
+means the round is not applied and its row's ``secure_error`` says why.
 """
 
 from __future__ import annotations
@@ -18,18 +26,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
 from ..config import build_config
 from ..runs import RunDir, load_checkpoint, write_json
+from ..secure.base import Decrypted, KeyHolder
+from ..secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate
 from ..simulation import Federation
 from .fingerprint import config_hash
 from .nodes import NodeBook
 from .protocol import MESSAGE_TYPES, ProtocolError, pack, unpack
+from .secure import MIN_SUMMANDS, load_server_side
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "RemoteKeyHolder", "KeyHolderUnavailable"]
 
 _HELLO_TTL = 30.0  # seconds a greeting may wait unanswered before it is dropped (and may be sent again)
 _REGREET_AFTER = 20.0  # a suspect node is greeted again after this many seconds
@@ -38,12 +50,116 @@ _NOTE_EVERY = 15.0  # seconds between "still waiting" log lines
 _NO_TIMEOUT_TTL = 3600.0  # message TTL when round_timeout is unset (a round then waits for online nodes)
 
 
+class KeyHolderUnavailable(Exception):
+    """No key-holder client decrypted this round's aggregate (the message says why)."""
+
+
+class RemoteKeyHolder(KeyHolder):
+    """The DECRYPT stage's key holder as the server sees it: key-holder clients reached by ``decrypt``
+    messages. It holds no key: :meth:`decrypt` sends the aggregate to the connected key holders in turn
+    (lowest client id first) until one answers with valid sums, each within ``runtime.round_timeout``."""
+
+    name = "remote"
+
+    def __init__(self, coord: Coordinator, rnd: int):
+        self.coord, self.rnd = coord, rnd
+        self.stats: dict = {"keyholder": None, "he_decrypt_seconds": 0.0, "keyholder_seconds": 0.0}
+        self.stats["bytes_keyholder"] = 0
+
+    def public_bytes(self) -> bytes:
+        return self.coord.secure.public
+
+    def client_cipher(self):
+        raise NotImplementedError("the server encrypts nothing")
+
+    def decrypt(self, payload: bytes, num_summands: int, length: int) -> Decrypted:
+        coord = self.coord
+        holders = coord.key_holders()
+        if not holders:
+            raise KeyHolderUnavailable(
+                "no key holder connected (a client whose secure.key_dir holds paillier_secret.json)"
+            )
+        fields = {"round": self.rnd, "aggregate": payload, "num_summands": num_summands, "length": length}
+        ttl = (coord.timeout or _NO_TIMEOUT_TTL) + 30.0
+        reasons = []
+        for cid, node in holders:
+            t0 = time.perf_counter()
+            (mid,) = coord.grid.push_messages([coord._message("decrypt", node, fields, ttl, str(self.rnd))])
+            if not mid:
+                reasons.append(f"client {cid}: the SuperLink did not take the message")
+                continue
+            coord._pending[mid] = node
+            self.stats["bytes_keyholder"] += len(payload)
+            msg = coord._collect({mid: node}).get(mid)
+            self.stats["keyholder_seconds"] += time.perf_counter() - t0
+            try:
+                f = self._check(cid, msg, length)
+            except KeyHolderUnavailable as e:
+                if msg is None:
+                    coord.book.suspect(node)
+                reasons.append(f"key holder {cid}: {e}")
+                coord.log(f"round {self.rnd}: key holder {cid} did not decrypt: {e}")
+                continue
+            values = np.frombuffer(f["values"], dtype="<f8").astype(np.float64)
+            self.stats.update(keyholder=cid, he_decrypt_seconds=f["decrypt_seconds"])
+            self.stats["bytes_keyholder"] += len(f["values"])
+            coord.book.seen(cid)
+            return Decrypted(values, f["weight"])
+        raise KeyHolderUnavailable("; ".join(reasons))
+
+    def _check(self, cid: int, msg: Message | None, length: int) -> dict:
+        coord = self.coord
+        if msg is None:
+            raise KeyHolderUnavailable(
+                "no answer within runtime.round_timeout" if coord.timeout else "its node went offline"
+            )
+        if msg.has_error():
+            raise KeyHolderUnavailable(f"client error: {msg.error.reason}")
+        try:
+            f = unpack("decrypt", msg.content, reply=True)
+        except ProtocolError as e:
+            raise KeyHolderUnavailable(f"malformed answer: {e}") from None
+        if f["client_id"] != cid or f["round"] != self.rnd:
+            raise KeyHolderUnavailable(f"answer for client {f['client_id']} round {f['round']}")
+        if not f["ok"]:
+            raise KeyHolderUnavailable(f["reason"] or "refused")
+        if len(f["values"]) != 8 * length:
+            raise KeyHolderUnavailable(f"{len(f['values'])} bytes of sums, expected {8 * length} (float64 x {length})")
+        if f["weight"] <= 0 or not np.all(np.isfinite(np.frombuffer(f["values"], dtype="<f8"))):
+            raise KeyHolderUnavailable("the decrypted sums are not finite or the weight sum is not positive")
+        return f
+
+
 class Coordinator:
     def __init__(self, job: dict, grid, log: Callable[[str], None]):
         self.cfg = cfg = build_config(job["config"], "job")
         self.grid, self.log = grid, log
-        self.fed = Federation.build(cfg)  # the simulation's data, model, Server and Channel
+        self.secure = None  # ServerSecure: public key and a cipher that can only add
+        plain = cfg
+        if cfg.secure.method != "none":
+            # Federation.build would load (or generate) a key holder: the server builds its federation
+            # without the secure section and takes only the public key from secure.key_dir
+            plain = cfg.model_copy(update={"secure": cfg.secure.model_copy(update={"method": "none"})})
+        self.fed = Federation.build(plain)  # the simulation's data, model, Server and Channel
         self.server, self.channel = self.fed.server, self.fed.channel
+        self.weight_ref = 0.0
+        self.holders: dict[int, bool] = {}  # client id -> whether its last hello said it holds the secret key
+        self._clipped = 0
+        if cfg.secure.method != "none":
+            self.secure = load_server_side(cfg, self.fed.num_params)
+            self.server.cipher = self.secure.cipher
+            # as Federation.build: a client of average size has weight w_ref (the simulation's constant)
+            sizes = self.fed.data.partition.sizes()
+            self.weight_ref = float(self.server.aggregator.weight(max(1, round(float(sizes.mean())))))
+            log(
+                f"secure aggregation {cfg.secure.method}: {self.secure.key_bits}-bit public key "
+                f"{self.secure.fingerprint} from {cfg.secure.key_dir} (the server holds no secret key)"
+            )
+            if self.secure.secret_nearby:
+                log(
+                    f"warning: {cfg.secure.key_dir} also holds paillier_secret.json; the server does not read "
+                    "it — keep it on the key-holder client(s) only"
+                )
         self.hash, self.cfg_json = config_hash(cfg), json.dumps(cfg.to_dict())
         self.out = Path(job["out"])
         self.poll = float(job.get("poll", 0.05))
@@ -89,7 +205,11 @@ class Coordinator:
                 self.log(f"client {c} disconnected")
             greet = self.book.to_greet(self._online, now, _REGREET_AFTER)
             if greet:
-                fields = {"config_json": self.cfg_json, "classes": list(self.fed.data.classes)}
+                fields = {
+                    "config_json": self.cfg_json,
+                    "classes": list(self.fed.data.classes),
+                    "key_fingerprint": self.secure.fingerprint if self.secure else "",
+                }
                 msgs = [self._message("hello", n, fields, _HELLO_TTL) for n in greet]
                 for n, mid in zip(greet, self.grid.push_messages(msgs)):
                     self.book.hello_sent[n] = now
@@ -113,15 +233,29 @@ class Coordinator:
                 raise ProtocolError(f"config hash {f['config_hash']} differs from the server's {self.hash}")
             if not 0 <= cid < self.cfg.no_models:
                 raise ProtocolError(f"client id {cid} is not in 0..{self.cfg.no_models - 1}")
+            mine = self.secure.fingerprint if self.secure else ""
+            if f["key_fingerprint"] != mine:
+                raise ProtocolError(
+                    f"public key fingerprint {f['key_fingerprint'] or 'none'} differs from the server's "
+                    f"{mine or 'none'} (secure.key_dir must hold the federation's paillier_public.json)"
+                )
         except ProtocolError as e:
             self.book.refuse(node, cid, str(e))
             self.log(f"node {node}" + (f" (client {cid})" if cid is not None else "") + f" not admitted: {e}")
             return
         old = self.book.admit(node, cid)
+        self.holders[cid] = bool(f["key_holder"]) and self.secure is not None
         self.log(
             f"client {cid} connected (node {node}; {f['num_samples']} rows, batch {f['batch_size']}, "
-            f"{f['cpus']} CPUs, {f['free_mb']:.0f} MB free)" + (f", replacing node {old}" if old else "")
+            f"{f['cpus']} CPUs, {f['free_mb']:.0f} MB free"
+            + ("; key holder" if self.holders[cid] else "")
+            + ")"
+            + (f", replacing node {old}" if old else "")
         )
+
+    def key_holders(self) -> list[tuple[int, int]]:
+        """(client id, node) of the connected key-holder clients, lowest client id first."""
+        return sorted((c, n) for c, n in self.book.active().items() if self.holders.get(c))
 
     # --- one round ------------------------------------------------------------------------------------
     def _wait_for(self, rnd: int, cohort: list[int], first: bool) -> None:
@@ -134,14 +268,18 @@ class Coordinator:
             active = self.book.active()
             have = [c for c in cohort if c in active]
             waited = time.monotonic() - start
-            if len(have) == len(cohort) or (
+            holder_ok = self.secure is None or bool(self.key_holders())
+            if (len(have) == len(cohort) and holder_ok) or (
                 len(have) >= need and (waited >= limit or (not first and not self.book.new_node_pending()))
             ):
                 return
             if time.monotonic() - last_note > _NOTE_EVERY:
                 last_note = time.monotonic()
                 missing = [c for c in cohort if c not in active]
-                self.log(f"round {rnd}: waiting for clients {missing} (connected: {have}, need {need} to go on)")
+                self.log(
+                    f"round {rnd}: waiting for clients {missing} (connected: {have}, need {need} to go on)"
+                    + ("" if holder_ok else "; no key holder connected yet")
+                )
             time.sleep(self.poll)
 
     def _collect(self, sent: dict[str, int]) -> dict[str, Message]:
@@ -200,7 +338,8 @@ class Coordinator:
         failed = {c: "not connected" for c in cohort if c not in active}
         targets = [c for c in cohort if c in active]
         ttl = (self.timeout or _NO_TIMEOUT_TTL) + 30.0
-        msgs = [self._message("train", active[c], {"round": rnd, "payload": down}, ttl, str(rnd)) for c in targets]
+        fields = {"round": rnd, "payload": down, "weight_ref": self.weight_ref}
+        msgs = [self._message("train", active[c], fields, ttl, str(rnd)) for c in targets]
         sent: dict[str, int] = {}
         for c, mid in zip(targets, self.grid.push_messages(msgs) if msgs else []):
             if mid:
@@ -211,7 +350,7 @@ class Coordinator:
         by_node = {n: c for c, n in active.items()}
         replies = self._collect(sent)
         t_back = time.perf_counter()
-        alive, payloads, sizes, losses, client_secs = [], [], [], [], []
+        alive, payloads, sizes, losses, client_secs, he_secs, clipped = [], [], [], [], [], [], []
         for mid, node in sent.items():
             cid = by_node[node]
             f, reason = self._answer(rnd, cid, replies.get(mid))
@@ -226,18 +365,36 @@ class Coordinator:
             sizes.append(f["num_samples"])
             losses.append(f["train_loss"])
             client_secs.append(f["train_seconds"])
-        bytes_up, train_loss = 0, float("nan")
+            he_secs.append(f["he_encrypt_seconds"])
+            clipped.append(f["clipped"])
+        bytes_up, train_loss, extra = 0, float("nan"), {}
         applied = len(alive) >= need
+        if self.secure is not None:
+            self._clipped += sum(clipped)
+            extra = {"he_encrypt_seconds": sum(he_secs), "he_aggregate_seconds": 0.0, "he_decrypt_seconds": 0.0}
+            extra |= {"bytes_keyholder": 0, "keyholder": None, "keyholder_seconds": 0.0, "clipped": self._clipped}
+            extra["secure_error"] = "" if applied else "too few answers"
         if applied:
             bytes_up = sum(len(p) for p in payloads)  # the one place upload bytes are measured
-            decoded, bad = self._decode(payloads, alive, rnd)
+            if self.secure is None:
+                decoded, bad = self._decode(payloads, alive, rnd)
+            else:
+                decoded, bad = None, self._check_ciphertexts(payloads, alive)
             failed.update(bad)
             keep = [i for i, c in enumerate(alive) if c not in bad]
             alive, sizes, losses = [alive[i] for i in keep], [sizes[i] for i in keep], [losses[i] for i in keep]
-            applied = decoded is not None and len(alive) >= need
-            if applied:
+            payloads = [payloads[i] for i in keep]
+            applied = (decoded is not None or self.secure is not None) and len(alive) >= need
+            if applied and self.secure is None:
                 diffs, present = decoded  # [clients, params]
                 server.aggregate(diffs, torch.tensor(sizes, dtype=torch.int64), present)
+            elif self.secure is not None:
+                if applied:
+                    applied, more = self._secure_aggregate(rnd, alive, payloads)
+                    extra.update(more)
+                else:
+                    extra["secure_error"] = "too few valid encrypted updates"
+            if applied:
                 for c in alive:
                     server.record_joined(c, rnd)
                 n = torch.tensor(sizes, dtype=torch.float64)
@@ -261,6 +418,54 @@ class Coordinator:
             "wait_seconds": t_send - t0,
             "exchange_seconds": t_back - t_send,
             "client_seconds": max(client_secs, default=0.0),
+            **extra,
+        }
+
+    def _check_ciphertexts(self, payloads: list[bytes], alive: list[int]) -> dict[int, str]:
+        """Clients whose encrypted update does not have this federation's size (its layout and key)."""
+        want = self.secure.payload_bytes
+        return {
+            c: f"encrypted update of {len(p)} bytes, expected {want} ({self.secure.ciphertexts} ciphertexts)"
+            for c, p in zip(alive, payloads)
+            if len(p) != want
+        }
+
+    def _secure_aggregate(self, rnd: int, alive: list[int], payloads: list[bytes]) -> tuple[bool, dict]:
+        """ADD, DECRYPT (by a key-holder client), APPLY: whether the round was applied, and its row fields."""
+        server = self.server
+        state = SecAggState(rnd, list(alive))
+        state.payloads = dict(zip(alive, payloads))  # the ENCRYPT stage ran on the clients
+        out: dict = {}
+        t0 = time.perf_counter()
+        try:
+            add_updates(state, self.secure.cipher)
+        except ValueError as e:  # a ciphertext out of range: a client used another key, or bytes were damaged
+            return False, {"secure_error": f"cannot add the encrypted updates: {e}"}
+        out["he_aggregate_seconds"] = time.perf_counter() - t0
+        if len(state.payloads) < MIN_SUMMANDS:
+            reason = f"{len(state.payloads)} encrypted update(s): decrypting fewer than {MIN_SUMMANDS} would reveal one"
+            self.log(f"round {rnd}: not applied: {reason}")
+            return False, {**out, "secure_error": reason}
+        holder = RemoteKeyHolder(self, rnd)
+        try:
+            decrypt_aggregate(state, holder, self.fed.num_params)
+        except KeyHolderUnavailable as e:
+            self.log(f"round {rnd}: not applied: {e}")
+            return False, {**out, **holder.stats, "secure_error": str(e)}
+        server.global_vec = apply_aggregate(state, server.aggregator, server.global_vec, self.weight_ref)
+        return True, {**out, **holder.stats}
+
+    def secure_summary(self) -> dict:
+        """The simulation's secure fields of ``summary.json`` (sums over rows), or {} without secure aggregation."""
+        if self.secure is None:
+            return {}
+        keys = ("he_encrypt_seconds", "he_aggregate_seconds", "he_decrypt_seconds", "bytes_keyholder")
+        out = {k: sum(r.get(k, 0) for r in self.rows) for k in keys}
+        return out | {
+            "secure_method": self.cfg.secure.method,
+            "key_bits": self.secure.key_bits,
+            "key_fingerprint": self.secure.fingerprint,
+            "clipped_values": self.rows[-1].get("clipped", 0) if self.rows else 0,
         }
 
     # --- the run --------------------------------------------------------------------------------------
@@ -307,6 +512,7 @@ class Coordinator:
             self.resumed_at = list(state.get("resumed_at", []))
         self.resumed_at.append(last + 1)
         self.start_round = last + 1
+        self._clipped = int(self.rows[-1].get("clipped", 0)) if self.rows else 0
         self.log(f"resuming after round {last} (checkpoint {path})")
 
     def run(self) -> dict:
@@ -316,7 +522,7 @@ class Coordinator:
             self.rows.append(row)
             self.run_dir.append(row)
             self._save(rnd)
-            flag = "" if row["applied"] else " (not applied: too few answers)"
+            flag = "" if row["applied"] else f" (not applied: {row.get('secure_error') or 'too few answers'})"
             self.log(
                 f"round {rnd}/{cfg.global_epochs}: accuracy {row['accuracy']:.4f} loss {row['loss']:.4f} "
                 f"clients {row['clients']} {row['seconds']:.2f} s{flag}"

@@ -9,9 +9,17 @@ plain scalars.
 Kinds and Flower message types:
 
 - ``hello`` (``query.hello``): the server introduces its federation (config hash and resolved config, class
-  names); the client answers with its id, its own hash, whether it accepts, and its resource report.
-- ``train`` (``train``): round number and the broadcast payload of the global model; the client answers with
-  its codec payload of ``local − global``, sample count and training loss, or ``ok=False`` and a reason.
+  names, the fingerprint of its public key under secure aggregation, else ""); the client answers with its
+  id, its own hash, whether it accepts, its resource report, its public-key fingerprint and whether it holds
+  the secret key (``key_holder``).
+- ``train`` (``train``): round number, the broadcast payload of the global model and ``weight_ref`` (the
+  server's ``w_ref``, secure aggregation only); the client answers with its codec payload of
+  ``local − global`` — or, under secure aggregation, the ciphertexts of ``(w_i/w_ref)·(local − global)`` and
+  ``w_i``, with ``he_encrypt_seconds`` and the count of ``clipped`` values — sample count and training loss,
+  or ``ok=False`` and a reason.
+- ``decrypt`` (``query.decrypt``, secure aggregation): the encrypted sum of ``num_summands`` updates of
+  ``length`` values, sent to one key-holder client; it answers with the decrypted sums (``values``: float64
+  little-endian, ``8·length`` bytes) and the integer sum of the weights, or ``ok=False`` and a reason.
 - ``finish`` (``query.finish``): the run is over; the client acknowledges and exits.
 """
 
@@ -23,14 +31,15 @@ from flwr.app import ConfigRecord, RecordDict
 
 __all__ = ["VERSION", "MESSAGE_TYPES", "ProtocolError", "pack", "unpack", "kind_of"]
 
-VERSION = 1
+VERSION = 2  # 2: secure aggregation fields (hello key_fingerprint/key_holder, train weight_ref, decrypt)
 RECORD = "fedloom"
-MESSAGE_TYPES = {"hello": "query.hello", "train": "train", "finish": "query.finish"}
+MESSAGE_TYPES = {"hello": "query.hello", "train": "train", "decrypt": "query.decrypt", "finish": "query.finish"}
 
 _COMMON = {"v": int, "config_hash": str}
 _REQUESTS: dict[str, dict[str, type]] = {
-    "hello": {**_COMMON, "config_json": str, "classes": list},
-    "train": {**_COMMON, "round": int, "payload": bytes},
+    "hello": {**_COMMON, "config_json": str, "classes": list, "key_fingerprint": str},
+    "train": {**_COMMON, "round": int, "payload": bytes, "weight_ref": float},
+    "decrypt": {**_COMMON, "round": int, "aggregate": bytes, "num_summands": int, "length": int},
     "finish": {**_COMMON, "round": int, "reason": str},
 }
 _REPLIES: dict[str, dict[str, type]] = {
@@ -44,6 +53,8 @@ _REPLIES: dict[str, dict[str, type]] = {
         "cpus": int,
         "free_mb": float,
         "need_mb": float,
+        "key_holder": bool,
+        "key_fingerprint": str,
     },
     "train": {
         **_COMMON,
@@ -55,6 +66,18 @@ _REPLIES: dict[str, dict[str, type]] = {
         "train_loss": float,
         "train_seconds": float,
         "payload": bytes,
+        "he_encrypt_seconds": float,
+        "clipped": int,
+    },
+    "decrypt": {
+        **_COMMON,
+        "client_id": int,
+        "round": int,
+        "ok": bool,
+        "reason": str,
+        "values": bytes,
+        "weight": int,
+        "decrypt_seconds": float,
     },
     "finish": {**_COMMON, "client_id": int, "ok": bool},
 }

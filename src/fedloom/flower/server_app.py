@@ -66,6 +66,7 @@ def _summary(coord, health: dict) -> dict:
         "compression_up": fed.channel.name,
         "compression_down": fed.channel.down_codec.name,
         "client_failures": sum(len(r["failed"]) for r in rows),
+        **coord.secure_summary(),
         "seed": coord.cfg.seed,
         "resumed_at": coord.resumed_at,
         "refusals": coord.book.refusals,

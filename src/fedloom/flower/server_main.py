@@ -100,6 +100,13 @@ def serve(
     require_flwr()
     check_deployable(cfg)
     host, port = parse_address(address, "--address")
+    if cfg.secure.method != "none":  # the ServerApp runs elsewhere: an absolute key_dir, checked now
+        from .secure import public_key_fingerprint
+
+        cfg = cfg.model_copy(
+            update={"secure": cfg.secure.model_copy(update={"key_dir": str(Path(cfg.secure.key_dir).resolve())})}
+        )
+        public_key_fingerprint(cfg)  # only paillier_public.json: the server never reads a secret key
     out = out.resolve()
     check_out_dir(out, cfg, resume)
     check_bindable(host, port, "--address")

@@ -10,11 +10,20 @@ configured. This module never imports Flower.
 Idempotent rounds: a server restarted with ``--resume`` may ask again for a round it had asked before it
 crashed. Training is deterministic, and the error-feedback residual is rolled back to what it was before the
 first attempt, so a repeated round gives the same payload and nothing is counted twice.
+
+Secure aggregation (``secure.method`` paillier or paillier-per-value; keys from ``secure.key_dir``, see
+``secure.py``): the update is encrypted with the secagg stage function (``encrypt_update``) instead of
+the codec, its stochastic rounding seeded by ``(seed, round, client)`` as in the simulation, so the
+decrypted sums equal the simulation's. A key-holder client also answers ``decrypt``: it decrypts an
+aggregate of at least two updates, and at most one aggregate per round (a resumed server asking again for
+the same round must send the same sum) — two different sums of one round could differ by one client's
+update.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import threading
 import time
@@ -25,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..aggregators import make_aggregator
 from ..channel import BROADCAST_ID as _BROADCAST_ID  # the down codec's context: one payload for everybody
 from ..channel import Channel
 from ..client import Client, ResourceReport
@@ -35,8 +45,11 @@ from ..data.datasets import read_csv, standardize
 from ..errors import DataError, FedloomError
 from ..models import build_model
 from ..params import Layout, flatten
+from ..secure.secagg import SecAggState, encrypt_update
+from ..simulation import _SECURE_TAG  # the stream id of the packing's stochastic rounding
 from ..training import LocalSpec
 from .fingerprint import config_diff, config_hash, federation_dict
+from .secure import MIN_SUMMANDS, load_client_side
 
 __all__ = ["ClientWorker", "ResourceRefusal", "adapt_batch_size"]
 
@@ -76,6 +89,10 @@ class ClientWorker:
         self.last_message = time.monotonic()
         self.rounds_trained = 0
         self._ef_round, self._ef_before = -1, {}
+        self.aggregator = make_aggregator(cfg.lambda_, cfg.aggregator)
+        # public key (and the secret key on a key holder) from secure.key_dir; None without secure aggregation
+        self.secure = load_client_side(cfg) if cfg.secure.method != "none" else None
+        self._decrypted: dict[int, bytes] = {}  # round -> digest of the sums this key holder revealed
         if self.data_file is None:
             self._setup(load_data(cfg))
         else:
@@ -142,10 +159,19 @@ class ClientWorker:
         """Answer one request (``protocol.py`` fields in, fields out)."""
         with self.lock:
             self.last_message = time.monotonic()
-            return {"hello": self._hello, "train": self._train, "finish": self._finish}[kind](fields)
+            handlers = {"hello": self._hello, "train": self._train, "decrypt": self._decrypt, "finish": self._finish}
+            return handlers[kind](fields)
 
     def _base(self) -> dict[str, Any]:
         return {"config_hash": self.hash, "client_id": self.id}
+
+    @property
+    def key_holder(self) -> bool:
+        return self.secure is not None and self.secure.holder is not None
+
+    @property
+    def key_fingerprint(self) -> str:
+        return self.secure.fingerprint if self.secure is not None else ""
 
     def _hello(self, req: dict[str, Any]) -> dict[str, Any]:
         r = self.report
@@ -158,6 +184,8 @@ class ClientWorker:
             "cpus": r.cpus,
             "free_mb": float(r.free_mb),
             "need_mb": float(r.need_mb),
+            "key_holder": self.key_holder,
+            "key_fingerprint": self.key_fingerprint,
         }
         if req["config_hash"] != self.hash:
             try:
@@ -168,6 +196,13 @@ class ClientWorker:
             self.refused = (
                 f"the server runs a different federation config (hash {req['config_hash']} there, "
                 f"{self.hash} here): {diff}"
+            )
+            return {**out, "ok": False, "reason": f"client refuses: {self.refused}"}
+        if req["key_fingerprint"] != self.key_fingerprint:
+            self.refused = (
+                f"the server's public key (fingerprint {req['key_fingerprint'] or 'none'}) differs from this "
+                f"client's (fingerprint {self.key_fingerprint or 'none'}, secure.key_dir "
+                f"{self.cfg.secure.key_dir}): copy the federation's paillier_public.json from `fedloom keygen`"
             )
             return {**out, "ok": False, "reason": f"client refuses: {self.refused}"}
         if self.data_file is not None and list(self.data.classes) != list(req["classes"]):
@@ -190,6 +225,8 @@ class ClientWorker:
             "train_loss": float("nan"),
             "train_seconds": 0.0,
             "payload": b"",
+            "he_encrypt_seconds": 0.0,
+            "clipped": 0,
         }
         if req["config_hash"] != self.hash:
             return {**out, "reason": "config hash differs from this client's"}
@@ -207,7 +244,12 @@ class ClientWorker:
                 **out,
                 "reason": f"global model has {global_vec.numel()} values, this client's model {self.layout.size}",
             }
+        weight_ref = req["weight_ref"]
+        if self.secure is not None and not (np.isfinite(weight_ref) and weight_ref > 0):
+            return {**out, "reason": f"secure aggregation needs a positive weight_ref, the server sent {weight_ref}"}
         update = self.client.local_train(self.model, global_vec, self.spec, self.cfg.seed, rnd)
+        if self.secure is not None:
+            return {**out, **self._encrypt(rnd, update, weight_ref), "train_seconds": time.perf_counter() - t0}
         if self._ef_round == rnd:  # the same round again (server resumed): undo the first attempt's residual
             self.channel.load_state_dict(self._ef_before)
         else:
@@ -222,6 +264,67 @@ class ClientWorker:
             "train_seconds": time.perf_counter() - t0,
             "payload": payload,
         }
+
+    def _encrypt(self, rnd: int, update, weight_ref: float) -> dict[str, Any]:
+        """The ENCRYPT stage of secure/secagg.py: ciphertexts of ``(w_i/w_ref)·diff`` and ``w_i``."""
+        cipher = self.secure.cipher
+        state = SecAggState(rnd, [self.id])
+        rng = np.random.default_rng([self.cfg.seed, rnd, self.id, _SECURE_TAG])
+        weight = self.aggregator.weight(int(update.num_samples))
+        clipped_before = getattr(cipher, "clipped", 0)
+        t0 = time.perf_counter()
+        payload = encrypt_update(state, cipher, self.id, update.diff, weight, weight_ref, rng)
+        seconds = time.perf_counter() - t0
+        self.rounds_trained += 1
+        return {
+            "ok": True,
+            "num_samples": update.num_samples,
+            "train_loss": float(update.metrics["train_loss"]),
+            "payload": payload,
+            "he_encrypt_seconds": seconds,
+            "clipped": getattr(cipher, "clipped", 0) - clipped_before,
+        }
+
+    def _decrypt(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The DECRYPT stage, on a key holder: the sums of an aggregate, never a single client's update."""
+        rnd, n, length = req["round"], req["num_summands"], req["length"]
+        out = {
+            **self._base(),
+            "round": rnd,
+            "ok": False,
+            "reason": "",
+            "values": b"",
+            "weight": 0,
+            "decrypt_seconds": 0.0,
+        }
+        if req["config_hash"] != self.hash:
+            return {**out, "reason": "config hash differs from this client's"}
+        if not self.key_holder:
+            return {**out, "reason": f"client {self.id} does not hold the secret key (no paillier_secret.json)"}
+        if length != self.layout.size:
+            return {**out, "reason": f"aggregate of {length} values, this federation's model has {self.layout.size}"}
+        if n < MIN_SUMMANDS:
+            return {
+                **out,
+                "reason": f"refuses to decrypt an aggregate of {n} update(s): fewer than {MIN_SUMMANDS} would reveal "
+                "a single client's update",
+            }
+        t0 = time.perf_counter()
+        try:
+            result = self.secure.holder.decrypt(req["aggregate"], n, length)
+        except Exception as e:  # noqa: BLE001 - an aggregate from the wire may be malformed in any way
+            return {**out, "reason": f"cannot decrypt the aggregate: {e}"}
+        seconds = time.perf_counter() - t0
+        values = np.ascontiguousarray(result.values, dtype="<f8").tobytes()
+        digest = hashlib.sha256(values + int(result.weight).to_bytes(16, "big", signed=True)).digest()
+        if self._decrypted.setdefault(rnd, digest) != digest:
+            return {
+                **out,
+                "reason": f"already decrypted a different aggregate for round {rnd}: two sums of one round could "
+                "reveal one client's update",
+            }
+        self.log(f"round {rnd}: decrypted the aggregate of {n} updates ({seconds:.3f} s)")
+        return {**out, "ok": True, "values": values, "weight": int(result.weight), "decrypt_seconds": seconds}
 
     def _finish(self, req: dict[str, Any]) -> dict[str, Any]:
         self.finished.set()

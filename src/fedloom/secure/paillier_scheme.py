@@ -36,7 +36,13 @@ from .paillier import (
     sum_ciphertexts,
 )
 
-__all__ = ["PaillierKeyHolder", "PaillierClientCipher", "PaillierServerCipher", "paillier_server_cipher"]
+__all__ = [
+    "PaillierKeyHolder",
+    "PaillierClientCipher",
+    "PaillierServerCipher",
+    "paillier_server_cipher",
+    "paillier_public_bytes",
+]
 
 _FRAC_BITS = 32  # per-value fixed point: 2^-32 ≈ 2.3e-10 resolution, far below float32 update noise
 
@@ -84,6 +90,13 @@ def paillier_server_cipher(public: bytes) -> PaillierServerCipher:
     return PaillierServerCipher(public)
 
 
+def paillier_public_bytes(pk: PublicKey, packed: bool, bits: int, clip: float, max_summands: int) -> bytes:
+    """The public bytes of a key holder with public key ``pk``, built without its secret key."""
+    return json.dumps(
+        {"key": public_key_to_dict(pk), "packed": packed, "bits": bits, "clip": clip, "max_summands": max_summands}
+    ).encode()
+
+
 class PaillierKeyHolder(KeyHolder):
     """Generates the key pair from the OS RNG and decrypts aggregates (by CRT, both cores when long)."""
 
@@ -103,15 +116,7 @@ class PaillierKeyHolder(KeyHolder):
         self.name = "paillier" + ("" if packed else "-per-value")
         self.key_bits, self.workers = key_bits, workers
         self.packer = Packer(self.pk.n.bit_length(), bits, clip, max_summands) if packed else None
-        self._public = json.dumps(
-            {
-                "key": public_key_to_dict(self.pk),
-                "packed": packed,
-                "bits": bits,
-                "clip": clip,
-                "max_summands": max_summands,
-            }
-        ).encode()
+        self._public = paillier_public_bytes(self.pk, packed, bits, clip, max_summands)
 
     def public_bytes(self) -> bytes:
         return self._public
