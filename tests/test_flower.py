@@ -69,7 +69,7 @@ def test_hash_ignores_per_process_fields_and_sees_federation_fields():
 
 # --- protocol ---------------------------------------------------------------------------------------
 def test_protocol_round_trip_and_rejections():
-    fields = {"config_hash": "abc", "round": 3, "payload": b"\x00\x01", "weight_ref": 40.0}
+    fields = {"config_hash": "abc", "round": 3, "payload": b"\x00\x01"}
     assert unpack("train", pack("train", fields)) == {"v": VERSION, **fields}
     with pytest.raises(ProtocolError, match="missing field"):
         pack("train", {"config_hash": "abc", "round": 3})
@@ -120,7 +120,7 @@ def test_worker_trains_like_the_core_client_and_repeats_a_round_exactly():
     fed = Federation.build(cfg)
     worker = ClientWorker(cfg, 1, log=lambda s: None)
     down, received = fed.channel.down(fed.server.global_vec, 4)
-    req = {"v": VERSION, "config_hash": config_hash(cfg), "round": 4, "payload": down, "weight_ref": 0.0}
+    req = {"v": VERSION, "config_hash": config_hash(cfg), "round": 4, "payload": down}
     first = worker.handle("train", req)
     assert first["ok"] and first["num_samples"] == fed.clients[1].num_samples
     # the same numbers as the core Client and Channel of the simulation
@@ -157,7 +157,7 @@ def test_worker_with_its_own_csv_file(tmp_path):
     assert hello["ok"] and hello["num_samples"] == len(idx)
     assert torch.equal(worker.data.y_train, torch.from_numpy(y))  # labels numbered as the server's classes
     down, _ = fed.channel.down(fed.server.global_vec, 1)
-    reply = worker.handle("train", {"config_hash": worker.hash, "round": 1, "payload": down, "weight_ref": 0.0})
+    reply = worker.handle("train", {"config_hash": worker.hash, "round": 1, "payload": down})
     assert reply["ok"] and np.isfinite(reply["train_loss"])
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c,d,label\n1,2,3,4,tulip\n", encoding="utf-8")
@@ -167,7 +167,7 @@ def test_worker_with_its_own_csv_file(tmp_path):
 
 
 # --- secure aggregation: keys, worker, coordinator (no processes) ----------------------------------------
-SECURE = {"method": "paillier", "key_bits": 1024, "allow_weak_keys": True}
+SECURE = {"method": "paillier", "key_bits": 1024, "allow_weak_keys": True, "weight_ref": 40.0}
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +228,14 @@ def test_secure_worker_round_equals_the_simulated_secure_round(keys, method):
     assert {w.key_fingerprint for w in workers} == {server.fingerprint}
     w_ref, h = fed.secure.weight_ref, config_hash(holder_cfg)
     down, _ = fed.channel.down(fed.server.global_vec, 1)
-    train = {"v": VERSION, "config_hash": h, "round": 1, "payload": down, "weight_ref": w_ref}
+    train = {"v": VERSION, "config_hash": h, "round": 1, "payload": down}
     replies = [w.handle("train", train) for w in workers]
     assert all(r["ok"] and len(r["payload"]) == server.payload_bytes for r in replies)
     state = SecAggState(1, [0, 1, 2], payloads={c: r["payload"] for c, r in enumerate(replies)})
-    aggregate = add_updates(state, server.cipher)
-    req = {"v": VERSION, "config_hash": h, "round": 1, "aggregate": aggregate, "num_summands": 3}
-    req["length"] = fed.num_params
+    add_updates(state, server.cipher)
+    req = {"v": VERSION, "config_hash": h, "round": 1, "length": fed.num_params}
+    req |= {"clients": [0, 1, 2], "samples": [r["num_samples"] for r in replies]}
+    req |= {"payloads": [r["payload"] for r in replies], "signatures": [r["signature"] for r in replies]}
     assert "does not hold the secret key" in workers[1].handle("decrypt", req)["reason"]
     answer = workers[0].handle("decrypt", req)
     assert answer["ok"] and len(answer["values"]) == 8 * fed.num_params
@@ -242,12 +243,16 @@ def test_secure_worker_round_equals_the_simulated_secure_round(keys, method):
     deployed = apply_aggregate(state, fed.server.aggregator, fed.server.global_vec, w_ref)
     fed.run_round(1)  # the simulation's secure round: same diffs, same seeded rounding, same sums
     assert torch.allclose(deployed, fed.server.global_vec, atol=1e-4)
-    # the key holder decrypts one aggregate per round, of at least two updates
-    again = workers[0].handle("decrypt", {**req, "aggregate": replies[1]["payload"], "num_summands": 2})
-    assert not again["ok"] and "already decrypted a different aggregate" in again["reason"]
-    assert workers[0].handle("decrypt", req)["ok"]  # the same sum again (a resumed server): fine
-    one = workers[0].handle("decrypt", {**req, "round": 2, "aggregate": replies[1]["payload"], "num_summands": 1})
-    assert not one["ok"] and "single client's update" in one["reason"]
+    # each round once, in increasing order; never fewer than secure.min_summands distinct clients
+    again = workers[0].handle("decrypt", req)
+    assert not again["ok"] and "each round once" in again["reason"]
+    one = {**req, "round": 2, "clients": [1], "samples": req["samples"][1:2]}
+    one |= {"payloads": req["payloads"][1:2], "signatures": [b""]}
+    refused = workers[0].handle("decrypt", one)
+    assert not refused["ok"] and "single client's update" in refused["reason"]
+    twice = {**req, "round": 3, "clients": [1, 1], "samples": req["samples"][1:2] * 2}
+    twice |= {"payloads": req["payloads"][1:2] * 2, "signatures": [b"", b""]}
+    assert "contributes twice" in workers[0].handle("decrypt", twice)["reason"]
 
 
 def test_secure_worker_refuses_another_public_key_and_a_readable_secret(keys, tmp_path):
@@ -327,12 +332,12 @@ def test_remote_key_holder_not_answering_means_no_decryption(keys, tmp_path, mon
     cfg = build_config(_secure({**SMALL, "runtime": {"round_timeout": 0.3}}, keys / "public"))
     coord = Coordinator({"config": cfg.to_dict(), "out": str(tmp_path / "out")}, SilentGrid(), lambda s: None)
     with pytest.raises(KeyHolderUnavailable, match="no key holder connected"):
-        RemoteKeyHolder(coord, 1).decrypt(b"", 3, coord.fed.num_params)
+        RemoteKeyHolder(coord, 1).decrypt_round(1, [], coord.fed.num_params)
     coord.book.hello_sent[7] = time.monotonic()
     coord.book.admit(7, 0)
     coord.holders[0] = True
     with pytest.raises(KeyHolderUnavailable, match="no answer within runtime.round_timeout"):
-        RemoteKeyHolder(coord, 1).decrypt(b"", 3, coord.fed.num_params)
+        RemoteKeyHolder(coord, 1).decrypt_round(1, [], coord.fed.num_params)
     assert 7 in coord.book.suspects
 
 

@@ -11,6 +11,7 @@ import torch
 
 from fedloom.aggregators import BookLambda, FedAvg
 from fedloom.config import build_config
+from fedloom.secure.guard import Contribution, GuardedKeyHolder
 from fedloom.secure.paillier import SecretKey
 from fedloom.secure.paillier_scheme import PaillierKeyHolder, paillier_server_cipher
 from fedloom.secure.secagg import SecAggState, Stage, add_updates, apply_aggregate, decrypt_aggregate, encrypt_update
@@ -68,15 +69,18 @@ def test_stages_run_in_order_and_weights_travel_encrypted():
     g = torch.zeros(3)
     d = {0: torch.tensor([0.3, -0.1, 0.0]), 1: torch.tensor([0.0, 0.2, -0.4])}
     n = {0: 10, 1: 30}
+    guarded = GuardedKeyHolder(
+        holder, server, FedAvg().weight, min_summands=2, payload_bytes=None, weight_ref=20.0, max_samples=100
+    )
     state = SecAggState(1, [0, 1])
     with pytest.raises(RuntimeError, match="expected stage ADD"):
-        decrypt_aggregate(state, holder, 3)
+        decrypt_aggregate(state, guarded, 3, [])
     for c in (0, 1):
         encrypt_update(state, cipher, c, d[c], n[c], 20.0, np.random.default_rng(c))
     with pytest.raises(ValueError, match="not in round"):
         encrypt_update(state, cipher, 7, d[0], 1, 20.0, np.random.default_rng(0))
     add_updates(state, server)
-    res = decrypt_aggregate(state, holder, 3)
+    res = decrypt_aggregate(state, guarded, 3, [Contribution(c, state.payloads[c], n[c]) for c in (0, 1)])
     assert res.weight == 40 and state.stage is Stage.DECRYPT
     new = apply_aggregate(state, FedAvg(), g, 20.0)
     # hand: (10·d0 + 30·d1)/40 = [0.075, 0.125, -0.3]
@@ -107,7 +111,7 @@ def test_keygen_writes_0600_secret_and_a_run_uses_it(tmp_path):
         {"global_epochs": 2, "secure": {"method": "paillier", "key_dir": str(tmp_path / "keys"), **WEAK}}
     )
     fed = Federation.build(cfg)
-    assert fed.secure.holder.pk.n == int(json_n(public))
+    assert fed.secure.holder.holder.pk.n == int(json_n(public))
     assert run_federation(fed).summary["final_accuracy"] > 0.3
 
 

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train a federation and write metrics, summary, figures, report")
     conf_args(run)
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last checkpoint (same config: ends where an "
+        "uninterrupted run ends)",
+    )
     rep = sub.add_parser("report", help="re-render the figures and report.md of a run directory")
     rep.add_argument("dir")
     keygen = sub.add_parser("keygen", help="write a Paillier key pair for secure aggregation (secret file 0600)")
@@ -122,24 +128,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .params import load_into
     from .runs import RunDir, default_out_dir
-    from .simulation import Federation, run_federation
+    from .simulation import Federation, resume_from, run_federation
 
     t0 = time.perf_counter()
     cfg = load_config(args.config, args.set)
     if cfg.secure.protocol == "encrypted-model":
         return _run_encrypted_model(cfg, args, t0)
     fed = Federation.build(cfg)  # data errors surface here, before anything is written
-    run_dir = RunDir(Path(args.out) if args.out else default_out_dir(cfg.name), cfg.to_dict())
+    resume = getattr(args, "resume", False)
+    if resume and not args.out:
+        raise FedloomError("--resume needs --out DIR: the folder of the run to continue")
+    start, rows = 1, []
+    if resume:
+        start, rows = resume_from(fed, Path(args.out))
+    run_dir = RunDir(Path(args.out) if args.out else default_out_dir(cfg.name), cfg.to_dict(), not resume)
+    if resume:
+        run_dir.rewrite_metrics(rows)  # rows after the checkpoint are run again
     with _Progress(args.quiet) as progress:
         task = progress.task(f"{cfg.name}: rounds", cfg.global_epochs)
+        for row in rows:
+            progress.update(task, row)
 
         def on_round(row: dict) -> None:
             run_dir.append(row)
             if cfg.runtime.checkpoint:
-                run_dir.checkpoint(row["round"], fed.server.global_vec, fed.server.health_table())
+                run_dir.write_checkpoint(fed.state_dict(row["round"]))
             progress.update(task, row)
 
-        result = run_federation(fed, on_round, wall_start=t0)
+        result = run_federation(fed, on_round, start, wall_start=t0, rows=rows)
     load_into(fed.model, result.global_vec)
     keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "train_seconds", "client_failures")
     summary = {**result.summary, "health": result.health}

@@ -78,6 +78,12 @@ class RuntimeConfig(_Section):
         None, gt=0, description="memory each simulated client may use; a client needing more refuses"
     )
     checkpoint: bool = True
+    max_client_samples: int = Field(
+        10_000_000, ge=1, description="the most rows a client may declare (a deployed client declaring more is refused)"
+    )
+    max_update_norm: float = Field(
+        1e4, gt=0, allow_inf_nan=False, description="an update whose L2 norm is larger fails its client's round"
+    )
 
 
 def _check_codec(spec: str, allow_ef: bool) -> str:
@@ -125,6 +131,16 @@ class SecureConfig(_Section):
     clip: float = Field(0.5, gt=0, description="packed Paillier: values are clipped to ±clip")
     key_dir: str | None = Field(None, description="load the key pair written by `fedloom keygen DIR`")
     workers: int = Field(1, ge=1, description="processes the key holder decrypts with")
+    weight_ref: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="w_ref: clients encrypt (w_i/w_ref)·diff_i; default: the average client's weight (simulation), "
+        "1 with the book's lambda rule; over Flower with FedAvg it must be set (about the average client's rows)",
+    )
+    min_summands: int = Field(
+        2, ge=1, description="fewest client updates an aggregate must hold before the key holder decrypts it"
+    )
 
     @model_validator(mode="after")
     def _strength(self) -> SecureConfig:

@@ -73,9 +73,16 @@ class RunDir:
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(_clean(row)) + "\n")
 
-    def checkpoint(self, round: int, global_vec: torch.Tensor, health: dict) -> None:
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        """``metrics.jsonl`` holding exactly ``rows`` (written atomically)."""
+        tmp = self.metrics.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(_clean(r)) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, self.metrics)
+
+    def write_checkpoint(self, state: dict) -> None:
+        """``checkpoint.pt`` from a state dict of tensors and plain values (written atomically)."""
         tmp = self.path / "checkpoint.pt.tmp"
-        torch.save({"round": round, "global": global_vec.clone(), "health": json.dumps(health)}, tmp)
+        torch.save(state, tmp)
         os.replace(tmp, self.path / "checkpoint.pt")
 
     def finish(self, summary: dict, state_dict: dict, extra: dict | None = None) -> None:

@@ -1,16 +1,20 @@
-"""The in-process runtime: a config becomes a Federation, and the round loop runs it.
+"""The in-process runtime: a config becomes a Federation, whose clients answer the one round in process.
 
-A round, as data (docs/architecture.md):
-server.sample(k) → global vector down (bytes counted) → resource checks and simulated dropouts →
-engine.train(cohort) → diffs up (bytes counted from the real payloads) → server.aggregate →
-server.evaluate → one metrics row → checkpoint.
+The round itself (sample → broadcast → answers → check → decode → secure stages → aggregate → evaluate →
+row) is :class:`fedloom.round.Round`, shared with the Flower runtime. This module supplies its cohort:
+:class:`LocalCohort` runs the clients' side in this process — decode the broadcast, resource checks and
+simulated dropouts, ``engine.train`` of the whole cohort at once, then each client's upload codec (with its
+error-feedback residual) or its encryption — and hands the round the same :class:`~fedloom.round.Answer`
+records a remote client would send.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -18,18 +22,21 @@ import torch
 from torch import nn
 
 from .aggregators import make_aggregator
-from .channel import Channel
+from .channel import BROADCAST_ID, Channel
 from .client import Client
+from .codecs import CodecContext
 from .config import Config
 from .data import FedData, load_data
 from .models import build_model
 from .params import Layout, flatten
+from .round import Answer, Replies, Round, SecureServer
 from .secure import make_keyholder, make_server_cipher
-from .secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate, encrypt_update
+from .secure.guard import GuardedKeyHolder
+from .secure.secagg import SecAggState, encrypt_update
 from .server import Server
 from .training import LocalSpec, make_engine
 
-__all__ = ["Federation", "RunResult", "run_federation"]
+__all__ = ["Federation", "LocalCohort", "RunResult", "run_federation"]
 
 _DROPOUT_TAG = 4  # stream id of the simulated-failure RNG
 _SECURE_TAG = 5  # stream id of the packing's stochastic rounding
@@ -45,14 +52,76 @@ class RunResult:
 
 @dataclass
 class _ClientsSecure:
-    holder: object  # KeyHolder: the secret key stays on the clients' side
+    holder: object  # GuardedKeyHolder: the secret key stays on the clients' side, behind secure/guard.py's rules
     cipher: object  # ClientCipher (public key)
     weight_ref: float
 
 
+class LocalCohort:
+    """The clients of a simulated federation, answering a round in this process (see the module doc)."""
+
+    def __init__(self, fed: Federation):
+        self.fed = fed
+
+    def declared_samples(self, client: int) -> int:
+        return self.fed.clients[client].num_samples
+
+    def key_holder(self, rnd: int):
+        return self.fed.secure.holder
+
+    def train(self, rnd: int, clients: list[int], down: bytes) -> Replies:
+        fed, cfg = self.fed, self.fed.cfg
+        ctx = CodecContext(fed.layout, BROADCAST_ID, rnd, cfg.seed)
+        received = fed.channel.down_codec.decode(down, ctx).values  # every client decodes the same broadcast
+        dropped = np.random.default_rng([cfg.seed, rnd, _DROPOUT_TAG]).random(len(clients)) < cfg.runtime.dropout
+        alive, failed = [], {}
+        free_mb = psutil.virtual_memory().available / 2**20  # simulated clients share this machine's memory
+        for cid, drop in zip(clients, dropped):
+            report = fed.clients[cid].check_resources(fed.num_params, fed.spec, free_mb)
+            reason = "dropped out (runtime.dropout)" if drop else ("" if report.ok else f"refused: {report.reason}")
+            if reason:
+                failed[cid] = reason
+            else:
+                alive.append(cid)
+        if not alive:
+            return Replies([], failed, len(clients))
+        res = fed.engine.train(fed.model, received, fed.data, alive, fed.spec, cfg.seed, rnd)
+        if fed.secure is None:
+            payloads = fed.channel.up(res.diffs, alive, rnd)  # each client's codec (and error feedback)
+            answers = [
+                Answer(c, p, int(n), float(loss))
+                for c, p, n, loss in zip(alive, payloads, res.num_samples, res.train_loss)
+            ]
+            return Replies(answers, failed, len(clients))
+        answers = []
+        for c, d, n, loss in zip(alive, res.diffs, res.num_samples, res.train_loss):
+            stats: dict = {}
+            try:
+                answers.append(Answer(c, self._encrypt(rnd, c, d, int(n), stats), int(n), float(loss), stats))
+            except ValueError as e:  # e.g. per-value Paillier refuses a non-finite update
+                failed[c] = f"cannot encrypt its update: {e}"
+        return Replies(answers, failed, len(clients))
+
+    def _encrypt(self, rnd: int, cid: int, diff: torch.Tensor, n: int, stats: dict) -> bytes:
+        """The ENCRYPT stage on client ``cid``: ciphertexts of ``(w_i/w_ref)·diff`` and ``w_i``."""
+        sec, agg = self.fed.secure, self.fed.server.aggregator
+        rng = np.random.default_rng([self.fed.cfg.seed, rnd, cid, _SECURE_TAG])
+        before, t0 = getattr(sec.cipher, "clipped", 0), time.perf_counter()
+        payload = encrypt_update(SecAggState(rnd, [cid]), sec.cipher, cid, diff, agg.weight(n), sec.weight_ref, rng)
+        stats.update(he_encrypt_seconds=time.perf_counter() - t0, clipped=getattr(sec.cipher, "clipped", 0) - before)
+        return payload
+
+    def state_dict(self) -> dict:
+        """The clients' state that lives across rounds (error-feedback residuals)."""
+        return {"channel": self.fed.channel.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fed.channel.load_state_dict(state.get("channel", {}))
+
+
 @dataclass
 class Federation:
-    """Everything a run needs, built from a config: data, model, server, clients, engine."""
+    """Everything a run needs, built from a config: data, model, server, clients, engine, and its round."""
 
     cfg: Config
     data: FedData
@@ -63,6 +132,8 @@ class Federation:
     engine: object
     channel: Channel
     secure: object | None = None  # the clients' side of secure aggregation: key holder and cipher
+    round: Round | None = None
+    cohort: LocalCohort | None = None
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
@@ -85,15 +156,27 @@ class Federation:
         channel = Channel(
             cfg.upload_codec, cfg.compression.down, cfg.compression.error_feedback, server.layout, cfg.seed
         )
-        secure = None
+        secure, server_secure = None, None
         if cfg.secure.method != "none" and cfg.secure.protocol == "secagg":
             holder = make_keyholder(cfg.secure, max_summands=cfg.k)
             server.cipher = make_server_cipher(cfg.secure.method, holder.public_bytes())  # public bytes only
-            # a client of average size has weight w_ref: scaled updates stay in the range `clip` covers
-            w_ref = server.aggregator.weight(max(1, round(float(data.partition.sizes().mean()))))
-            secure = _ClientsSecure(holder, holder.client_cipher(), w_ref)
+            w_ref = weight_ref(cfg, server.aggregator, data)
+            guarded = GuardedKeyHolder(
+                holder,
+                make_server_cipher(cfg.secure.method, holder.public_bytes()),  # the key holder's own adder
+                server.aggregator.weight,
+                min_summands=cfg.secure.min_summands,
+                payload_bytes=None,
+                weight_ref=w_ref,
+                max_samples=int(data.partition.sizes().max()),
+            )  # in process: no signatures (nothing travels), every other rule as on a deployed key holder
+            secure = _ClientsSecure(guarded, holder.client_cipher(), w_ref)
+            server_secure = SecureServer(server.cipher, w_ref, None, cfg.secure.min_summands)
         engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk)
-        return cls(cfg, data, model, server, clients, spec, engine, channel, secure)
+        fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
+        fed.cohort = LocalCohort(fed)
+        fed.round = Round(cfg, server, channel, fed.cohort, server_secure)
+        return fed
 
     @property
     def layout(self) -> Layout:
@@ -104,74 +187,29 @@ class Federation:
         return self.layout.size
 
     def run_round(self, round: int) -> dict:
-        """One round; returns its metrics row. The global model is unchanged if too few clients answered."""
-        cfg, server = self.cfg, self.server
-        t0 = time.perf_counter()
-        cohort = server.sample(round)
-        # Every sampled client is sent the model (one broadcast payload); failures happen after that.
-        down, received = self.channel.down(server.global_vec, round)
-        dropped = np.random.default_rng([cfg.seed, round, _DROPOUT_TAG]).random(len(cohort)) < cfg.runtime.dropout
-        alive, failed = [], {}
-        free_mb = psutil.virtual_memory().available / 2**20  # simulated clients share this machine's memory
-        for cid, drop in zip(cohort, dropped):
-            server.record_picked(cid, round)
-            report = self.clients[cid].check_resources(self.num_params, self.spec, free_mb)
-            reason = "dropped out (runtime.dropout)" if drop else ("" if report.ok else f"refused: {report.reason}")
-            if reason:
-                failed[cid] = reason
-                server.record_failure(cid, round, reason)
-            else:
-                alive.append(cid)
-        bytes_up, train_loss, extra = 0, float("nan"), {}
-        applied = len(alive) >= cfg.runtime.min_clients
-        if applied:
-            res = self.engine.train(self.model, received, self.data, alive, self.spec, cfg.seed, round)
-            if self.secure is None:
-                payloads = self.channel.up(res.diffs, alive, round)  # client side
-                bytes_up = sum(len(p) for p in payloads)  # the one place upload bytes are measured
-                diffs, present = self.channel.decode_up(payloads, alive, round)  # server side: [clients, params]
-                server.aggregate(diffs, res.num_samples, present)
-            else:
-                bytes_up, extra = self._secure_round(round, res)
-            for cid in alive:
-                server.record_joined(cid, round)
-            train_loss = float((res.train_loss * res.num_samples).sum() / res.num_samples.sum())
-        acc, loss = server.evaluate()
-        return {
-            "round": round,
-            "accuracy": acc,
-            "loss": loss,
-            "bytes_up": bytes_up,
-            "bytes_down": len(down) * len(cohort),
-            "seconds": time.perf_counter() - t0,
-            "clients": alive if applied else [],
-            "failed": {str(c): r for c, r in failed.items()},
-            "applied": applied,
-            "train_loss": train_loss,
-            **extra,
-        }
+        """One round (:class:`fedloom.round.Round`); returns its metrics row."""
+        return self.round(round)
 
-    def _secure_round(self, round: int, res) -> tuple[int, dict]:
-        """Secure aggregation (secure/secagg.py): clients encrypt, server adds, key holder decrypts."""
-        sec, server = self.secure, self.server
-        state = SecAggState(round, list(res.clients))
-        t0 = time.perf_counter()
-        for cid, diff, n in zip(res.clients, res.diffs, res.num_samples):
-            rng = np.random.default_rng([self.cfg.seed, round, cid, _SECURE_TAG])
-            encrypt_update(state, sec.cipher, cid, diff, server.aggregator.weight(int(n)), sec.weight_ref, rng)
-        t1 = time.perf_counter()
-        aggregate = add_updates(state, server.cipher)
-        t2 = time.perf_counter()
-        decrypt_aggregate(state, sec.holder, self.num_params)
-        t3 = time.perf_counter()
-        server.global_vec = apply_aggregate(state, server.aggregator, server.global_vec, sec.weight_ref)
-        return sum(len(p) for p in state.payloads.values()), {
-            "he_encrypt_seconds": t1 - t0,
-            "he_aggregate_seconds": t2 - t1,
-            "he_decrypt_seconds": t3 - t2,
-            "bytes_keyholder": len(aggregate) + 8 * self.num_params,  # aggregate out, float64 sums back
-            "clipped": getattr(sec.cipher, "clipped", 0),
-        }
+    def state_dict(self, round: int) -> dict:
+        """A checkpoint after ``round``: the server's state and the simulated clients' (for ``--resume``)."""
+        return {**self.round.state_dict(round), "clients": self.cohort.state_dict()}
+
+    def load_state_dict(self, state: dict) -> int:
+        """Restore a :meth:`state_dict`; returns the round it was taken after."""
+        self.cohort.load_state_dict(state.get("clients", {}))
+        return self.round.load_state_dict(state)
+
+
+def weight_ref(cfg: Config, aggregator, data: FedData | None) -> float:
+    """``w_ref`` of secure/secagg.py (it cancels in the result): ``secure.weight_ref`` when set; else the weight
+    of a client of average size, so that scaled updates stay in the range the packing's ``clip`` covers."""
+    if cfg.secure.weight_ref is not None:
+        return float(cfg.secure.weight_ref)
+    if aggregator.weight(1) == aggregator.weight(2):  # a constant weight (the book's λ rule: 1)
+        return float(aggregator.weight(1))
+    if data is None:
+        raise ValueError("secure.weight_ref is needed: set it to about the average client's sample count")
+    return float(aggregator.weight(max(1, round(float(data.partition.sizes().mean())))))
 
 
 def run_federation(
@@ -179,49 +217,87 @@ def run_federation(
     on_round: Callable[[dict], None] | None = None,
     start_round: int = 1,
     wall_start: float | None = None,
+    rows: list[dict] | None = None,
 ) -> RunResult:
-    """Run rounds ``start_round..global_epochs``; ``on_round`` sees each metrics row as it is made."""
+    """Run rounds ``start_round..global_epochs``; ``on_round`` sees each metrics row as it is made.
+    ``rows``: the rows of rounds before ``start_round`` (a resumed run), counted in the summary."""
     wall_start = time.perf_counter() if wall_start is None else wall_start
-    rows = []
+    rows = list(rows or [])
     for r in range(start_round, fed.cfg.global_epochs + 1):
         row = fed.run_round(r)
         rows.append(row)
         if on_round is not None:
             on_round(row)
+    summary = summarize(fed, rows, time.perf_counter() - wall_start)
+    return RunResult(rows, summary, fed.server.global_vec.clone(), fed.server.health_table())
+
+
+def summarize(fed: Federation, rows: list[dict], wall_seconds: float, cfg: Config | None = None) -> dict:
+    """``summary.json``'s fields from a run's rows (both runtimes; ``cfg``: the run's config when ``fed`` was
+    built from another, as the Flower server's is, without its secure section)."""
+    cfg = cfg or fed.cfg
     last = rows[-1] if rows else {"accuracy": float("nan"), "loss": float("nan")}
-    summary = {
+    return {
         "final_accuracy": last["accuracy"],
         "final_loss": last["loss"],
         "best_accuracy": max((r["accuracy"] for r in rows), default=float("nan")),
         "rounds": len(rows),
-        "rounds_applied": sum(r["applied"] for r in rows),
+        "rounds_applied": sum(bool(r["applied"]) for r in rows),
         "bytes_up": sum(r["bytes_up"] for r in rows),
         "bytes_down": sum(r["bytes_down"] for r in rows),
-        "wall_seconds": time.perf_counter() - wall_start,
+        "wall_seconds": wall_seconds,
         "train_seconds": sum(r["seconds"] for r in rows),
         "num_params": fed.num_params,
-        "num_clients": fed.cfg.no_models,
+        "num_clients": cfg.no_models,
         "eval_samples": len(fed.data.y_eval),
         "engine": fed.engine.name,
         "aggregator": fed.server.aggregator.name,
         "compression_up": fed.channel.name,
         "compression_down": fed.channel.down_codec.name,
         "client_failures": sum(len(r["failed"]) for r in rows),
-        **_secure_summary(fed, rows),
-        "seed": fed.cfg.seed,
+        **_secure_summary(cfg, rows),
+        "seed": cfg.seed,
     }
-    return RunResult(rows, summary, fed.server.global_vec.clone(), fed.server.health_table())
 
 
-def _secure_summary(fed: Federation, rows: list[dict]) -> dict:
-    if fed.secure is None:
+def _secure_summary(cfg: Config, rows: list[dict]) -> dict:
+    sec = cfg.secure
+    if sec.method == "none" or sec.protocol != "secagg":
         return {}
     keys = ("he_encrypt_seconds", "he_aggregate_seconds", "he_decrypt_seconds", "bytes_keyholder")
     out = {k: sum(r.get(k, 0) for r in rows) for k in keys}
-    sec = fed.cfg.secure
-    out |= {
+    return out | {
         "secure_method": sec.method,
         "key_bits": sec.key_bits if sec.method != "ckks" else None,
         "clipped_values": rows[-1].get("clipped", 0) if rows else 0,
     }
-    return out
+
+
+def resume_from(fed: Federation, out: Path) -> tuple[int, list[dict]]:
+    """Load ``out/checkpoint.pt`` into ``fed`` (server and simulated clients) and keep the rows of
+    ``out/metrics.jsonl`` up to its round; returns (the next round, those rows). A row written after the
+    checkpoint is dropped: its round is run again and ends where it ended the first time."""
+    from .errors import FedloomError
+    from .runs import load_checkpoint
+
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        raise FedloomError(f"--resume: {out} has no checkpoint.pt (runtime.checkpoint must be on to resume)")
+    try:
+        last = fed.load_state_dict(load_checkpoint(path))
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which
+        raise FedloomError(f"--resume: {path} is not a checkpoint of this federation ({e})") from None
+    rows = {}
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the interruption
+        if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= last:
+            rows[row["round"]] = row
+    missing = [r for r in range(1, last + 1) if r not in rows]
+    if missing:
+        raise FedloomError(f"--resume: {metrics} lacks the rows of rounds {missing[:5]} before the checkpoint")
+    return last + 1, [rows[r] for r in range(1, last + 1)]

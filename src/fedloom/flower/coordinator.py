@@ -1,22 +1,15 @@
-"""The deployed round loop: the simulation's round, with real clients behind Flower messages.
+"""The deployed federation: the one round (``fedloom/round.py``) with a cohort of remote clients.
 
-Round ``r`` (compare ``Federation.run_round``): ``server.sample(r)`` → wait until the cohort is connected (or
-enough of it) → ``channel.down`` → one ``train`` message per connected client → answers until all are in,
-``runtime.round_timeout`` passes or the missing clients' nodes go offline → ``channel.decode_up`` of the
-payload bytes (the one place upload bytes are counted) → ``server.aggregate`` when at least
-``runtime.min_clients`` answered → ``server.evaluate`` → metrics row → checkpoint. The Server, Channel,
-aggregator and codecs are the simulation's own objects, built by ``Federation.build`` from the same config.
+:class:`RemoteCohort` is the Flower runtime's side of :class:`fedloom.round.Cohort`: wait until the cohort is
+connected (or enough of it) → one ``train`` message per connected client with the broadcast payload →
+answers until all are in, ``runtime.round_timeout`` passes or the missing clients' nodes go offline. It
+checks only the transport (the message parses, it comes from the client it was sent to, for this round);
+what the answers hold is checked, decoded, aggregated and applied by the round, as in the simulation.
+Under secure aggregation the round's DECRYPT stage reaches a key-holder client through
+:class:`RemoteKeyHolder` (a ``decrypt`` message); the server itself loads only the public key (``secure.py``).
 
 Polling: Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls; this loop pulls every ``poll`` seconds
 (0.05 by default) with the Grid's ``push_messages``/``pull_messages`` and meanwhile greets nodes that join.
-
-Secure aggregation (compare ``Federation._secure_round``; the stages of ``secure/secagg.py``): the server
-loads only the public key (``secure.py``; ``Federation.build`` is given the config without its secure
-section, so no key holder is ever built in this process) → ENCRYPT runs on the clients (train answers carry
-ciphertexts) → ADD here (``add_updates`` with the ServerCipher) → DECRYPT by one connected key-holder client
-(``decrypt_aggregate`` with :class:`RemoteKeyHolder`, which sends a ``decrypt`` message and waits up to
-``runtime.round_timeout``) → APPLY here (``apply_aggregate``). No key holder connected, or none answering,
-means the round is not applied and its row's ``secure_error`` says why.
 """
 
 from __future__ import annotations
@@ -27,21 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
 from ..config import build_config
+from ..round import Answer, KeyHolderError, Replies, Round, SecureServer
 from ..runs import RunDir, load_checkpoint, write_json
-from ..secure.base import Decrypted, KeyHolder
-from ..secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate
-from ..simulation import Federation
+from ..secure.base import Decrypted
+from ..simulation import Federation, weight_ref
 from .fingerprint import config_hash
 from .nodes import NodeBook
 from .protocol import MESSAGE_TYPES, ProtocolError, pack, unpack
-from .secure import MIN_SUMMANDS, load_server_side
+from .secure import load_server_side
 
-__all__ = ["Coordinator", "RemoteKeyHolder", "KeyHolderUnavailable"]
+__all__ = ["Coordinator", "RemoteCohort", "RemoteKeyHolder", "KeyHolderUnavailable"]
 
 _HELLO_TTL = 30.0  # seconds a greeting may wait unanswered before it is dropped (and may be sent again)
 _REGREET_AFTER = 20.0  # a suspect node is greeted again after this many seconds
@@ -50,46 +42,47 @@ _NOTE_EVERY = 15.0  # seconds between "still waiting" log lines
 _NO_TIMEOUT_TTL = 3600.0  # message TTL when round_timeout is unset (a round then waits for online nodes)
 
 
-class KeyHolderUnavailable(Exception):
+class KeyHolderUnavailable(KeyHolderError):
     """No key-holder client decrypted this round's aggregate (the message says why)."""
 
 
-class RemoteKeyHolder(KeyHolder):
-    """The DECRYPT stage's key holder as the server sees it: key-holder clients reached by ``decrypt``
-    messages. It holds no key: :meth:`decrypt` sends the aggregate to the connected key holders in turn
-    (lowest client id first) until one answers with valid sums, each within ``runtime.round_timeout``."""
-
-    name = "remote"
+class RemoteKeyHolder:
+    """The DECRYPT stage as the server reaches it: key-holder clients (``secure.key_holders``) sent ``decrypt``
+    messages with the round's signed contributions. It holds no key: :meth:`decrypt_round` asks the connected
+    key holders in turn (lowest client id first) until one answers with valid sums, each within
+    ``runtime.round_timeout``; each key holder checks and adds the contributions itself (``secure/guard.py``)."""
 
     def __init__(self, coord: Coordinator, rnd: int):
         self.coord, self.rnd = coord, rnd
         self.stats: dict = {"keyholder": None, "he_decrypt_seconds": 0.0, "keyholder_seconds": 0.0}
         self.stats["bytes_keyholder"] = 0
 
-    def public_bytes(self) -> bytes:
-        return self.coord.secure.public
-
-    def client_cipher(self):
-        raise NotImplementedError("the server encrypts nothing")
-
-    def decrypt(self, payload: bytes, num_summands: int, length: int) -> Decrypted:
+    def decrypt_round(self, rnd: int, contributions: list, length: int) -> Decrypted:
         coord = self.coord
         holders = coord.key_holders()
         if not holders:
             raise KeyHolderUnavailable(
                 "no key holder connected (a client whose secure.key_dir holds paillier_secret.json)"
             )
-        fields = {"round": self.rnd, "aggregate": payload, "num_summands": num_summands, "length": length}
+        fields = {
+            "round": rnd,
+            "length": length,
+            "clients": [c.client for c in contributions],
+            "samples": [c.num_samples for c in contributions],
+            "payloads": [c.payload for c in contributions],
+            "signatures": [c.signature for c in contributions],
+        }
+        sent_bytes = sum(len(c.payload) + len(c.signature) for c in contributions)
         ttl = (coord.timeout or _NO_TIMEOUT_TTL) + 30.0
         reasons = []
         for cid, node in holders:
             t0 = time.perf_counter()
-            (mid,) = coord.grid.push_messages([coord._message("decrypt", node, fields, ttl, str(self.rnd))])
+            (mid,) = coord.grid.push_messages([coord._message("decrypt", node, fields, ttl, str(rnd))])
             if not mid:
                 reasons.append(f"client {cid}: the SuperLink did not take the message")
                 continue
             coord._pending[mid] = node
-            self.stats["bytes_keyholder"] += len(payload)
+            self.stats["bytes_keyholder"] += sent_bytes
             msg = coord._collect({mid: node}).get(mid)
             self.stats["keyholder_seconds"] += time.perf_counter() - t0
             try:
@@ -98,7 +91,7 @@ class RemoteKeyHolder(KeyHolder):
                 if msg is None:
                     coord.book.suspect(node)
                 reasons.append(f"key holder {cid}: {e}")
-                coord.log(f"round {self.rnd}: key holder {cid} did not decrypt: {e}")
+                coord.log(f"round {rnd}: key holder {cid} did not decrypt: {e}")
                 continue
             values = np.frombuffer(f["values"], dtype="<f8").astype(np.float64)
             self.stats.update(keyholder=cid, he_decrypt_seconds=f["decrypt_seconds"])
@@ -144,13 +137,15 @@ class Coordinator:
         self.server, self.channel = self.fed.server, self.fed.channel
         self.weight_ref = 0.0
         self.holders: dict[int, bool] = {}  # client id -> whether its last hello said it holds the secret key
-        self._clipped = 0
+        self.declared: dict[int, int] = {}  # client id -> the rows it declared when admitted
+        server_secure = None
         if cfg.secure.method != "none":
             self.secure = load_server_side(cfg, self.fed.num_params)
             self.server.cipher = self.secure.cipher
-            # as Federation.build: a client of average size has weight w_ref (the simulation's constant)
-            sizes = self.fed.data.partition.sizes()
-            self.weight_ref = float(self.server.aggregator.weight(max(1, round(float(sizes.mean())))))
+            self.weight_ref = weight_ref(cfg, self.server.aggregator, None)  # a config constant, hashed
+            server_secure = SecureServer(
+                self.secure.cipher, self.weight_ref, self.secure.payload_bytes, cfg.secure.min_summands
+            )
             log(
                 f"secure aggregation {cfg.secure.method}: {self.secure.key_bits}-bit public key "
                 f"{self.secure.fingerprint} from {cfg.secure.key_dir} (the server holds no secret key)"
@@ -160,6 +155,8 @@ class Coordinator:
                     f"warning: {cfg.secure.key_dir} also holds paillier_secret.json; the server does not read "
                     "it — keep it on the key-holder client(s) only"
                 )
+        self.round = Round(cfg, self.server, self.channel, RemoteCohort(self), server_secure)
+        self.round.log = log
         self.hash, self.cfg_json = config_hash(cfg), json.dumps(cfg.to_dict())
         self.out = Path(job["out"])
         self.poll = float(job.get("poll", 0.05))
@@ -244,6 +241,7 @@ class Coordinator:
             self.log(f"node {node}" + (f" (client {cid})" if cid is not None else "") + f" not admitted: {e}")
             return
         old = self.book.admit(node, cid)
+        self.declared[cid] = f["num_samples"]
         self.holders[cid] = bool(f["key_holder"]) and self.secure is not None
         self.log(
             f"client {cid} connected (node {node}; {f['num_samples']} rows, batch {f['batch_size']}, "
@@ -311,163 +309,6 @@ class Coordinator:
             return None, f"answer for client {f['client_id']} round {f['round']}, expected client {cid} round {rnd}"
         return (f, "") if f["ok"] else (None, f["reason"] or "refused")
 
-    def _decode(self, payloads: list[bytes], alive: list[int], rnd: int):
-        """``channel.decode_up``; a payload that does not decode is dropped with its client."""
-        try:
-            return self.channel.decode_up(payloads, alive, rnd), {}
-        except Exception:  # noqa: BLE001 - find the malformed payload(s), then decode the rest
-            bad = {}
-            for p, c in zip(payloads, alive):
-                try:
-                    self.channel.decode_up([p], [c], rnd)
-                except Exception as e:  # noqa: BLE001
-                    bad[c] = f"payload does not decode: {e}"
-            keep = [i for i, c in enumerate(alive) if c not in bad]
-            if not keep:
-                return None, bad
-            return self.channel.decode_up([payloads[i] for i in keep], [alive[i] for i in keep], rnd), bad
-
-    def run_round(self, rnd: int) -> dict:
-        server, need = self.server, self.cfg.runtime.min_clients
-        t0 = time.perf_counter()
-        cohort = server.sample(rnd)
-        self._wait_for(rnd, cohort, first=rnd == self.start_round)
-        t_send = time.perf_counter()
-        down, _ = self.channel.down(server.global_vec, rnd)
-        active = self.book.active()
-        failed = {c: "not connected" for c in cohort if c not in active}
-        targets = [c for c in cohort if c in active]
-        ttl = (self.timeout or _NO_TIMEOUT_TTL) + 30.0
-        fields = {"round": rnd, "payload": down, "weight_ref": self.weight_ref}
-        msgs = [self._message("train", active[c], fields, ttl, str(rnd)) for c in targets]
-        sent: dict[str, int] = {}
-        for c, mid in zip(targets, self.grid.push_messages(msgs) if msgs else []):
-            if mid:
-                sent[mid] = active[c]
-                self._pending[mid] = active[c]
-            else:
-                failed[c] = "the SuperLink did not take the message"
-        by_node = {n: c for c, n in active.items()}
-        replies = self._collect(sent)
-        t_back = time.perf_counter()
-        alive, payloads, sizes, losses, client_secs, he_secs, clipped = [], [], [], [], [], [], []
-        for mid, node in sent.items():
-            cid = by_node[node]
-            f, reason = self._answer(rnd, cid, replies.get(mid))
-            if f is None:
-                failed[cid] = reason
-                if mid not in replies:
-                    self.book.suspect(node)
-                continue
-            self.book.seen(cid)
-            alive.append(cid)
-            payloads.append(f["payload"])
-            sizes.append(f["num_samples"])
-            losses.append(f["train_loss"])
-            client_secs.append(f["train_seconds"])
-            he_secs.append(f["he_encrypt_seconds"])
-            clipped.append(f["clipped"])
-        bytes_up, train_loss, extra = 0, float("nan"), {}
-        applied = len(alive) >= need
-        if self.secure is not None:
-            self._clipped += sum(clipped)
-            extra = {"he_encrypt_seconds": sum(he_secs), "he_aggregate_seconds": 0.0, "he_decrypt_seconds": 0.0}
-            extra |= {"bytes_keyholder": 0, "keyholder": None, "keyholder_seconds": 0.0, "clipped": self._clipped}
-            extra["secure_error"] = "" if applied else "too few answers"
-        if applied:
-            bytes_up = sum(len(p) for p in payloads)  # the one place upload bytes are measured
-            if self.secure is None:
-                decoded, bad = self._decode(payloads, alive, rnd)
-            else:
-                decoded, bad = None, self._check_ciphertexts(payloads, alive)
-            failed.update(bad)
-            keep = [i for i, c in enumerate(alive) if c not in bad]
-            alive, sizes, losses = [alive[i] for i in keep], [sizes[i] for i in keep], [losses[i] for i in keep]
-            payloads = [payloads[i] for i in keep]
-            applied = (decoded is not None or self.secure is not None) and len(alive) >= need
-            if applied and self.secure is None:
-                diffs, present = decoded  # [clients, params]
-                server.aggregate(diffs, torch.tensor(sizes, dtype=torch.int64), present)
-            elif self.secure is not None:
-                if applied:
-                    applied, more = self._secure_aggregate(rnd, alive, payloads)
-                    extra.update(more)
-                else:
-                    extra["secure_error"] = "too few valid encrypted updates"
-            if applied:
-                for c in alive:
-                    server.record_joined(c, rnd)
-                n = torch.tensor(sizes, dtype=torch.float64)
-                train_loss = float((torch.tensor(losses, dtype=torch.float64) * n).sum() / n.sum())
-        for c in cohort:
-            server.record_picked(c, rnd)
-        for c, reason in failed.items():
-            server.record_failure(c, rnd, reason)
-        acc, loss = server.evaluate()
-        return {
-            "round": rnd,
-            "accuracy": acc,
-            "loss": loss,
-            "bytes_up": bytes_up,
-            "bytes_down": len(down) * len(sent),
-            "seconds": time.perf_counter() - t0,
-            "clients": alive if applied else [],
-            "failed": {str(c): r for c, r in sorted(failed.items())},
-            "applied": applied,
-            "train_loss": train_loss,
-            "wait_seconds": t_send - t0,
-            "exchange_seconds": t_back - t_send,
-            "client_seconds": max(client_secs, default=0.0),
-            **extra,
-        }
-
-    def _check_ciphertexts(self, payloads: list[bytes], alive: list[int]) -> dict[int, str]:
-        """Clients whose encrypted update does not have this federation's size (its layout and key)."""
-        want = self.secure.payload_bytes
-        return {
-            c: f"encrypted update of {len(p)} bytes, expected {want} ({self.secure.ciphertexts} ciphertexts)"
-            for c, p in zip(alive, payloads)
-            if len(p) != want
-        }
-
-    def _secure_aggregate(self, rnd: int, alive: list[int], payloads: list[bytes]) -> tuple[bool, dict]:
-        """ADD, DECRYPT (by a key-holder client), APPLY: whether the round was applied, and its row fields."""
-        server = self.server
-        state = SecAggState(rnd, list(alive))
-        state.payloads = dict(zip(alive, payloads))  # the ENCRYPT stage ran on the clients
-        out: dict = {}
-        t0 = time.perf_counter()
-        try:
-            add_updates(state, self.secure.cipher)
-        except ValueError as e:  # a ciphertext out of range: a client used another key, or bytes were damaged
-            return False, {"secure_error": f"cannot add the encrypted updates: {e}"}
-        out["he_aggregate_seconds"] = time.perf_counter() - t0
-        if len(state.payloads) < MIN_SUMMANDS:
-            reason = f"{len(state.payloads)} encrypted update(s): decrypting fewer than {MIN_SUMMANDS} would reveal one"
-            self.log(f"round {rnd}: not applied: {reason}")
-            return False, {**out, "secure_error": reason}
-        holder = RemoteKeyHolder(self, rnd)
-        try:
-            decrypt_aggregate(state, holder, self.fed.num_params)
-        except KeyHolderUnavailable as e:
-            self.log(f"round {rnd}: not applied: {e}")
-            return False, {**out, **holder.stats, "secure_error": str(e)}
-        server.global_vec = apply_aggregate(state, server.aggregator, server.global_vec, self.weight_ref)
-        return True, {**out, **holder.stats}
-
-    def secure_summary(self) -> dict:
-        """The simulation's secure fields of ``summary.json`` (sums over rows), or {} without secure aggregation."""
-        if self.secure is None:
-            return {}
-        keys = ("he_encrypt_seconds", "he_aggregate_seconds", "he_decrypt_seconds", "bytes_keyholder")
-        out = {k: sum(r.get(k, 0) for r in self.rows) for k in keys}
-        return out | {
-            "secure_method": self.cfg.secure.method,
-            "key_bits": self.secure.key_bits,
-            "key_fingerprint": self.secure.fingerprint,
-            "clipped_values": self.rows[-1].get("clipped", 0) if self.rows else 0,
-        }
-
     # --- the run --------------------------------------------------------------------------------------
     def health(self) -> dict[str, dict]:
         table = self.server.health_table()
@@ -481,7 +322,7 @@ class Coordinator:
         state = {"round": rnd, "wall_seconds": self._wall(), "resumed_at": self.resumed_at, **self.book.state()}
         write_json(self.out / "flower_state.json", state)
         if self.cfg.runtime.checkpoint:  # the commit point: a resumed server continues after this round
-            self.run_dir.checkpoint(rnd, self.server.global_vec, self.server.health_table())
+            self.run_dir.write_checkpoint(self.round.state_dict(rnd))
 
     def _wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.t_start
@@ -492,18 +333,13 @@ class Coordinator:
             self.log(f"--resume: no checkpoint in {self.out}; starting at round 1")
             self.run_dir.metrics.write_text("", encoding="utf-8")
             return
-        ck = load_checkpoint(path)
-        last = int(ck["round"])
-        self.server.global_vec = ck["global"].clone()
-        self.server.load_health(json.loads(ck["health"]))
+        last = self.round.load_state_dict(load_checkpoint(path))
         rows = {}
         for line in self.run_dir.metrics.read_text(encoding="utf-8").splitlines():
             if line.strip() and (row := json.loads(line))["round"] <= last:
                 rows[row["round"]] = row  # a row written after the checkpoint is dropped: it is redone
         self.rows = [rows[r] for r in sorted(rows)]
-        tmp = self.run_dir.metrics.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
-        tmp.replace(self.run_dir.metrics)
+        self.run_dir.rewrite_metrics(self.rows)
         state_file = self.out / "flower_state.json"
         if state_file.is_file():
             state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -512,13 +348,12 @@ class Coordinator:
             self.resumed_at = list(state.get("resumed_at", []))
         self.resumed_at.append(last + 1)
         self.start_round = last + 1
-        self._clipped = int(self.rows[-1].get("clipped", 0)) if self.rows else 0
         self.log(f"resuming after round {last} (checkpoint {path})")
 
     def run(self) -> dict:
         cfg = self.cfg
         for rnd in range(self.start_round, cfg.global_epochs + 1):
-            row = self.run_round(rnd)
+            row = self.round(rnd)
             self.rows.append(row)
             self.run_dir.append(row)
             self._save(rnd)
@@ -546,3 +381,55 @@ class Coordinator:
         finally:
             self.timeout = saved
         self.log(f"finished: {len(acked)}/{len(sent)} clients acknowledged")
+
+
+class RemoteCohort:
+    """The Flower runtime's :class:`fedloom.round.Cohort`: the sampled clients reached by messages."""
+
+    def __init__(self, coord: Coordinator):
+        self.coord = coord
+
+    def declared_samples(self, client: int) -> int:
+        return self.coord.declared.get(client, 0)
+
+    def key_holder(self, rnd: int) -> RemoteKeyHolder:
+        return RemoteKeyHolder(self.coord, rnd)
+
+    def train(self, rnd: int, cohort: list[int], down: bytes) -> Replies:
+        coord, t0 = self.coord, time.perf_counter()
+        coord._wait_for(rnd, cohort, first=rnd == coord.start_round)
+        t_send = time.perf_counter()
+        active = coord.book.active()
+        failed = {c: "not connected" for c in cohort if c not in active}
+        targets = [c for c in cohort if c in active]
+        ttl = (coord.timeout or _NO_TIMEOUT_TTL) + 30.0
+        fields = {"round": rnd, "payload": down}
+        msgs = [coord._message("train", active[c], fields, ttl, str(rnd)) for c in targets]
+        sent: dict[str, int] = {}
+        for c, mid in zip(targets, coord.grid.push_messages(msgs) if msgs else []):
+            if mid:
+                sent[mid] = active[c]
+                coord._pending[mid] = active[c]
+            else:
+                failed[c] = "the SuperLink did not take the message"
+        by_node = {n: c for c, n in active.items()}
+        replies = coord._collect(sent)
+        t_back = time.perf_counter()
+        answers = []
+        for mid, node in sent.items():
+            cid = by_node[node]
+            f, reason = coord._answer(rnd, cid, replies.get(mid))
+            if f is None:
+                failed[cid] = reason
+                if mid not in replies:
+                    coord.book.suspect(node)
+                continue
+            coord.book.seen(cid)
+            stats = {k: f[k] for k in ("train_seconds", "he_encrypt_seconds", "clipped")}
+            answers.append(Answer(cid, f["payload"], f["num_samples"], f["train_loss"], stats, f["signature"]))
+        row = {
+            "wait_seconds": t_send - t0,
+            "exchange_seconds": t_back - t_send,
+            "client_seconds": max((a.stats["train_seconds"] for a in answers), default=0.0),
+        }
+        return Replies(answers, failed, len(sent), row)

@@ -12,14 +12,15 @@ Kinds and Flower message types:
   names, the fingerprint of its public key under secure aggregation, else ""); the client answers with its
   id, its own hash, whether it accepts, its resource report, its public-key fingerprint and whether it holds
   the secret key (``key_holder``).
-- ``train`` (``train``): round number, the broadcast payload of the global model and ``weight_ref`` (the
-  server's ``w_ref``, secure aggregation only); the client answers with its codec payload of
-  ``local − global`` — or, under secure aggregation, the ciphertexts of ``(w_i/w_ref)·(local − global)`` and
-  ``w_i``, with ``he_encrypt_seconds`` and the count of ``clipped`` values — sample count and training loss,
-  or ``ok=False`` and a reason.
-- ``decrypt`` (``query.decrypt``, secure aggregation): the encrypted sum of ``num_summands`` updates of
-  ``length`` values, sent to one key-holder client; it answers with the decrypted sums (``values``: float64
-  little-endian, ``8·length`` bytes) and the integer sum of the weights, or ``ok=False`` and a reason.
+- ``train`` (``train``): round number and the broadcast payload of the global model; the client answers with
+  its codec payload of ``local − global`` — or, under secure aggregation, the ciphertexts of
+  ``(w_i/w_ref)·(local − global)`` and ``w_i`` (``w_ref``: ``secure.weight_ref``, a config constant), with
+  ``he_encrypt_seconds``, the count of ``clipped`` values and its ``signature`` over them
+  (``secure/guard.py``'s message) — sample count and training loss, or ``ok=False`` and a reason.
+- ``decrypt`` (``query.decrypt``, secure aggregation): a round's contributions — parallel lists of client ids,
+  declared sample counts, ciphertexts and signatures — for ``length`` values, sent to one key-holder client;
+  it checks them, adds them itself and answers with the decrypted sums (``values``: float64 little-endian,
+  ``8·length`` bytes) and the integer sum of the weights, or ``ok=False`` and the rule that refused.
 - ``finish`` (``query.finish``): the run is over; the client acknowledges and exits.
 """
 
@@ -31,15 +32,23 @@ from flwr.app import ConfigRecord, RecordDict
 
 __all__ = ["VERSION", "MESSAGE_TYPES", "ProtocolError", "pack", "unpack", "kind_of"]
 
-VERSION = 2  # 2: secure aggregation fields (hello key_fingerprint/key_holder, train weight_ref, decrypt)
+VERSION = 3  # 2: secure aggregation fields; 3: signed contributions, the key holder adds them itself
 RECORD = "fedloom"
 MESSAGE_TYPES = {"hello": "query.hello", "train": "train", "decrypt": "query.decrypt", "finish": "query.finish"}
 
 _COMMON = {"v": int, "config_hash": str}
 _REQUESTS: dict[str, dict[str, type]] = {
     "hello": {**_COMMON, "config_json": str, "classes": list, "key_fingerprint": str},
-    "train": {**_COMMON, "round": int, "payload": bytes, "weight_ref": float},
-    "decrypt": {**_COMMON, "round": int, "aggregate": bytes, "num_summands": int, "length": int},
+    "train": {**_COMMON, "round": int, "payload": bytes},
+    "decrypt": {
+        **_COMMON,
+        "round": int,
+        "length": int,
+        "clients": list,
+        "samples": list,
+        "payloads": list,
+        "signatures": list,
+    },
     "finish": {**_COMMON, "round": int, "reason": str},
 }
 _REPLIES: dict[str, dict[str, type]] = {
@@ -68,6 +77,7 @@ _REPLIES: dict[str, dict[str, type]] = {
         "payload": bytes,
         "he_encrypt_seconds": float,
         "clipped": int,
+        "signature": bytes,
     },
     "decrypt": {
         **_COMMON,

@@ -29,7 +29,6 @@ from ..errors import FedloomError
 
 __all__ = [
     "DEPLOYABLE_METHODS",
-    "MIN_SUMMANDS",
     "deploy_refusal",
     "key_fingerprint",
     "public_key_fingerprint",
@@ -40,7 +39,6 @@ __all__ = [
 ]
 
 DEPLOYABLE_METHODS = ("paillier", "paillier-per-value")
-MIN_SUMMANDS = 2  # a key holder never decrypts an "aggregate" of one update: that would reveal it
 
 
 def deploy_refusal(cfg: Config) -> str | None:
@@ -58,6 +56,11 @@ def deploy_refusal(cfg: Config) -> str | None:
         return (
             f"secure.method {method}: secure aggregation over Flower supports {' and '.join(DEPLOYABLE_METHODS)}; "
             f"use `fedloom run` for {method}, or set secure.method: paillier"
+        )
+    if sec.weight_ref is None and cfg.lambda_ is None:
+        return (
+            "secure aggregation over Flower with FedAvg needs secure.weight_ref (a constant every party "
+            "shares; about the average client's sample count): clients encrypt (n_i/weight_ref)·diff_i"
         )
     if not sec.key_dir:
         return (
@@ -165,6 +168,12 @@ class ClientSecure:
     cipher: object  # ClientCipher (public key)
     holder: object | None  # KeyHolder, only on a key-holder client
     fingerprint: str
+
+    def payload_bytes(self, num_params: int) -> int:
+        """The exact size of one client's ciphertexts for a model of ``num_params`` values."""
+        pk, packer = self.cipher.pk, self.cipher.packer
+        plaintexts = packer.num_plaintexts(num_params) if packer is not None else num_params
+        return (plaintexts + 1) * ((2 * pk.key_bits + 7) // 8)
 
 
 def load_client_side(cfg: Config) -> ClientSecure:

@@ -45,29 +45,14 @@ class JobLog:
 
 
 def _summary(coord, health: dict) -> dict:
-    rows, fed = coord.rows, coord.fed
-    last = rows[-1] if rows else {"accuracy": float("nan"), "loss": float("nan")}
-    return {
-        "final_accuracy": last["accuracy"],
-        "final_loss": last["loss"],
-        "best_accuracy": max((r["accuracy"] for r in rows), default=float("nan")),
-        "rounds": len(rows),
-        "rounds_applied": sum(bool(r["applied"]) for r in rows),
-        "bytes_up": sum(r["bytes_up"] for r in rows),
-        "bytes_down": sum(r["bytes_down"] for r in rows),
-        "wall_seconds": coord._wall(),
-        "train_seconds": sum(r["seconds"] for r in rows),
-        "num_params": fed.num_params,
-        "num_clients": coord.cfg.no_models,
-        "eval_samples": len(fed.data.y_eval),
+    from ..simulation import summarize
+
+    out = summarize(coord.fed, coord.rows, coord._wall(), coord.cfg)
+    if coord.secure is not None:
+        out |= {"key_bits": coord.secure.key_bits, "key_fingerprint": coord.secure.fingerprint}
+    return out | {
         "engine": "flower",
         "runtime": "flower",
-        "aggregator": fed.server.aggregator.name,
-        "compression_up": fed.channel.name,
-        "compression_down": fed.channel.down_codec.name,
-        "client_failures": sum(len(r["failed"]) for r in rows),
-        **coord.secure_summary(),
-        "seed": coord.cfg.seed,
         "resumed_at": coord.resumed_at,
         "refusals": coord.book.refusals,
         "health": health,

@@ -14,16 +14,16 @@ first attempt, so a repeated round gives the same payload and nothing is counted
 Secure aggregation (``secure.method`` paillier or paillier-per-value; keys from ``secure.key_dir``, see
 ``secure.py``): the update is encrypted with the secagg stage function (``encrypt_update``) instead of
 the codec, its stochastic rounding seeded by ``(seed, round, client)`` as in the simulation, so the
-decrypted sums equal the simulation's. A key-holder client also answers ``decrypt``: it decrypts an
-aggregate of at least two updates, and at most one aggregate per round (a resumed server asking again for
-the same round must send the same sum) — two different sums of one round could differ by one client's
-update.
+decrypted sums equal the simulation's, and signed with this client's key (``signer``) over
+``secure/guard.py``'s message. A key-holder client also answers ``decrypt``, through a
+:class:`~fedloom.secure.guard.GuardedKeyHolder`: it verifies each contribution's signature (``verifier``:
+the registered public keys), adds the contributions itself and decrypts only a sum of at least
+``secure.min_summands`` distinct clients, each round once and in increasing order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import threading
 import time
@@ -45,11 +45,12 @@ from ..data.datasets import read_csv, standardize
 from ..errors import DataError, FedloomError
 from ..models import build_model
 from ..params import Layout, flatten
+from ..secure.guard import Contribution, GuardedKeyHolder, KeyHolderRefusal, contribution_message
 from ..secure.secagg import SecAggState, encrypt_update
-from ..simulation import _SECURE_TAG  # the stream id of the packing's stochastic rounding
+from ..simulation import _SECURE_TAG, weight_ref  # the stream id of the packing's stochastic rounding
 from ..training import LocalSpec
 from .fingerprint import config_diff, config_hash, federation_dict
-from .secure import MIN_SUMMANDS, load_client_side
+from .secure import load_client_side
 
 __all__ = ["ClientWorker", "ResourceRefusal", "adapt_batch_size"]
 
@@ -92,7 +93,10 @@ class ClientWorker:
         self.aggregator = make_aggregator(cfg.lambda_, cfg.aggregator)
         # public key (and the secret key on a key holder) from secure.key_dir; None without secure aggregation
         self.secure = load_client_side(cfg) if cfg.secure.method != "none" else None
-        self._decrypted: dict[int, bytes] = {}  # round -> digest of the sums this key holder revealed
+        self.signer: Callable[[bytes], bytes] | None = None  # signs this client's contributions (its key)
+        self.verifier: Callable[[int, bytes, bytes], bool] | None = None  # a key holder's check of the others'
+        self.weight_ref = weight_ref(cfg, self.aggregator, None) if self.secure is not None else 0.0
+        self._guard = None  # the key holder's GuardedKeyHolder, built on the first decrypt request
         if self.data_file is None:
             self._setup(load_data(cfg))
         else:
@@ -227,6 +231,7 @@ class ClientWorker:
             "payload": b"",
             "he_encrypt_seconds": 0.0,
             "clipped": 0,
+            "signature": b"",
         }
         if req["config_hash"] != self.hash:
             return {**out, "reason": "config hash differs from this client's"}
@@ -244,12 +249,13 @@ class ClientWorker:
                 **out,
                 "reason": f"global model has {global_vec.numel()} values, this client's model {self.layout.size}",
             }
-        weight_ref = req["weight_ref"]
-        if self.secure is not None and not (np.isfinite(weight_ref) and weight_ref > 0):
-            return {**out, "reason": f"secure aggregation needs a positive weight_ref, the server sent {weight_ref}"}
         update = self.client.local_train(self.model, global_vec, self.spec, self.cfg.seed, rnd)
         if self.secure is not None:
-            return {**out, **self._encrypt(rnd, update, weight_ref), "train_seconds": time.perf_counter() - t0}
+            try:
+                encrypted = self._encrypt(rnd, update)
+            except ValueError as e:  # e.g. per-value Paillier refuses a non-finite update
+                return {**out, "reason": f"cannot encrypt its update: {e}"}
+            return {**out, **encrypted, "train_seconds": time.perf_counter() - t0}
         if self._ef_round == rnd:  # the same round again (server resumed): undo the first attempt's residual
             self.channel.load_state_dict(self._ef_before)
         else:
@@ -265,7 +271,7 @@ class ClientWorker:
             "payload": payload,
         }
 
-    def _encrypt(self, rnd: int, update, weight_ref: float) -> dict[str, Any]:
+    def _encrypt(self, rnd: int, update) -> dict[str, Any]:
         """The ENCRYPT stage of secure/secagg.py: ciphertexts of ``(w_i/w_ref)·diff`` and ``w_i``."""
         cipher = self.secure.cipher
         state = SecAggState(rnd, [self.id])
@@ -273,8 +279,11 @@ class ClientWorker:
         weight = self.aggregator.weight(int(update.num_samples))
         clipped_before = getattr(cipher, "clipped", 0)
         t0 = time.perf_counter()
-        payload = encrypt_update(state, cipher, self.id, update.diff, weight, weight_ref, rng)
+        payload = encrypt_update(state, cipher, self.id, update.diff, weight, self.weight_ref, rng)
         seconds = time.perf_counter() - t0
+        n = int(update.num_samples)
+        message = contribution_message(self.hash, rnd, self.id, n, self.weight_ref, payload)
+        signature = self.signer(message) if self.signer is not None else b""
         self.rounds_trained += 1
         return {
             "ok": True,
@@ -283,11 +292,13 @@ class ClientWorker:
             "payload": payload,
             "he_encrypt_seconds": seconds,
             "clipped": getattr(cipher, "clipped", 0) - clipped_before,
+            "signature": signature,
         }
 
     def _decrypt(self, req: dict[str, Any]) -> dict[str, Any]:
-        """The DECRYPT stage, on a key holder: the sums of an aggregate, never a single client's update."""
-        rnd, n, length = req["round"], req["num_summands"], req["length"]
+        """The DECRYPT stage, on a key holder: the sum of a round's signed contributions, checked and added
+        here (``secure/guard.py``), never a single client's update."""
+        rnd, length = req["round"], req["length"]
         out = {
             **self._base(),
             "round": rnd,
@@ -303,29 +314,50 @@ class ClientWorker:
             return {**out, "reason": f"client {self.id} does not hold the secret key (no paillier_secret.json)"}
         if length != self.layout.size:
             return {**out, "reason": f"aggregate of {length} values, this federation's model has {self.layout.size}"}
-        if n < MIN_SUMMANDS:
-            return {
-                **out,
-                "reason": f"refuses to decrypt an aggregate of {n} update(s): fewer than {MIN_SUMMANDS} would reveal "
-                "a single client's update",
-            }
-        t0 = time.perf_counter()
         try:
-            result = self.secure.holder.decrypt(req["aggregate"], n, length)
-        except Exception as e:  # noqa: BLE001 - an aggregate from the wire may be malformed in any way
-            return {**out, "reason": f"cannot decrypt the aggregate: {e}"}
+            contributions = _contributions(req)
+            t0 = time.perf_counter()
+            result = self.guard().decrypt_round(rnd, contributions, length)
+        except KeyHolderRefusal as e:
+            self.log(f"refused to decrypt: {e}")
+            return {**out, "reason": f"key holder {self.id} refuses: {e}"}
         seconds = time.perf_counter() - t0
         values = np.ascontiguousarray(result.values, dtype="<f8").tobytes()
-        digest = hashlib.sha256(values + int(result.weight).to_bytes(16, "big", signed=True)).digest()
-        if self._decrypted.setdefault(rnd, digest) != digest:
-            return {
-                **out,
-                "reason": f"already decrypted a different aggregate for round {rnd}: two sums of one round could "
-                "reveal one client's update",
-            }
-        self.log(f"round {rnd}: decrypted the aggregate of {n} updates ({seconds:.3f} s)")
+        self.log(f"round {rnd}: decrypted the sum of {len(contributions)} updates ({seconds:.3f} s)")
         return {**out, "ok": True, "values": values, "weight": int(result.weight), "decrypt_seconds": seconds}
+
+    def guard(self) -> GuardedKeyHolder:
+        """This key holder's secret key behind the rules of ``secure/guard.py`` (one per run: it remembers
+        the last round it decrypted)."""
+        if self._guard is None:
+            from ..secure import make_server_cipher
+
+            holder, cfg = self.secure.holder, self.cfg
+            self._guard = GuardedKeyHolder(
+                holder,
+                make_server_cipher(cfg.secure.method, holder.public_bytes()),
+                self.aggregator.weight,
+                min_summands=cfg.secure.min_summands,
+                payload_bytes=self.secure.payload_bytes(self.layout.size),
+                weight_ref=self.weight_ref,
+                max_samples=cfg.runtime.max_client_samples,
+                config_hash=self.hash,
+                verify=self.verifier,
+            )
+        return self._guard
 
     def _finish(self, req: dict[str, Any]) -> dict[str, Any]:
         self.finished.set()
         return {**self._base(), "ok": True}
+
+
+def _contributions(req: dict[str, Any]) -> list[Contribution]:
+    """The decrypt request's parallel lists as contributions (types and lengths checked: it came off the wire)."""
+    lists = [req["clients"], req["samples"], req["payloads"], req["signatures"]]
+    if len({len(x) for x in lists}) != 1:
+        raise KeyHolderRefusal("the decrypt request's lists differ in length")
+    ints = all(type(v) is int for v in req["clients"] + req["samples"])
+    raw = all(isinstance(v, bytes) for v in req["payloads"] + req["signatures"])
+    if not (ints and raw):
+        raise KeyHolderRefusal("the decrypt request's lists hold values of the wrong type")
+    return [Contribution(c, p, n, s) for c, n, p, s in zip(*lists)]

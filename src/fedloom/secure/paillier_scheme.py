@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 _FRAC_BITS = 32  # per-value fixed point: 2^-32 ≈ 2.3e-10 resolution, far below float32 update noise
+_MAX_PER_VALUE = 2.0**30  # |x|·2^32 < 2^62 fits int64, and sums of many clients stay far below n/2
+_MAX_WEIGHT = 2**53  # a decrypted total weight (sample counts) beyond this is not a sum of honest counts
 
 
 def _params(public: bytes) -> tuple[PublicKey, dict]:
@@ -67,7 +69,12 @@ class PaillierClientCipher(ClientCipher):
             plaintexts, clipped = self.packer.encode(values, rng)
             self.clipped += clipped
         else:
-            fixed = np.round(np.asarray(values, dtype=np.float64) * 2.0**_FRAC_BITS).astype(np.int64)
+            x = np.asarray(values, dtype=np.float64)
+            if not np.all(np.isfinite(x)):
+                raise ValueError("per-value Paillier cannot encrypt NaN or infinite values")
+            if x.size and float(np.abs(x).max()) >= _MAX_PER_VALUE:
+                raise ValueError(f"per-value Paillier encrypts values below {_MAX_PER_VALUE:g} in magnitude")
+            fixed = np.round(x * 2.0**_FRAC_BITS).astype(np.int64)
             plaintexts = [encode_signed(int(v), self.pk) for v in fixed]
         cts = encrypt_many(self.pk, [*plaintexts, int(weight)], table=self.table)
         return ciphertexts_to_bytes(cts, self.pk)
@@ -127,6 +134,9 @@ class PaillierKeyHolder(KeyHolder):
     def decrypt(self, payload: bytes, num_summands: int, length: int) -> Decrypted:
         plain = decrypt_many(self._sk, ciphertexts_from_bytes(payload, self.pk), workers=self.workers)
         *values, weight = plain
+        weight = decode_signed(weight, self.pk)  # a "negative" weight is a residue near n: decode it as such
+        if not 0 <= weight <= _MAX_WEIGHT:
+            raise ValueError(f"the decrypted total weight {weight} is outside 0..2^53: not a sum of sample counts")
         if self.packer is not None:
             if num_summands > self.packer.max_summands:
                 raise ValueError(

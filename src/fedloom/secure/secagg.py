@@ -4,13 +4,16 @@ The protocol (as FATE's and NVFLARE's HE aggregation; the opposite of the book's
 the key) runs four stages a round, one function each, on an explicit state record:
 
     ENCRYPT   each client i encrypts  (w_i / w_ref)·diff_i  and its integer weight w_i   (public key)
-    ADD       the server multiplies the ciphertexts: the aggregate encrypts Σ and Σ w_i      (public key)
-    DECRYPT   the key holder (clients' side) decrypts the aggregate, never a single update  (secret key)
+    ADD       the ciphertexts are multiplied: the aggregate encrypts Σ and Σ w_i             (public key)
+              (the server adds them to check them; the key holder adds them again itself)
+    DECRYPT   the key holder (clients' side) decrypts a sum it verified, never a single update (secret key)
     APPLY     the server applies  finish(G, w_ref·Σ, Σ w_i)  with its linear aggregator   (no key)
 
-``w_i`` is the aggregator's client weight (``n_i`` for FedAvg, 1 for the book's λ rule), so both rules work
-and sample counts travel encrypted. ``w_ref`` (the weight of an average-sized client) is a public constant
-that keeps ``(w_i/w_ref)·diff_i`` in the range the packing's ``clip`` covers; it cancels in the result.
+``w_i`` is the aggregator's client weight (``n_i`` for FedAvg, 1 for the book's λ rule), so both rules work.
+Sample counts travel in clear too (signed over Flower): the encrypted ``w_i`` is not a secret but a check,
+since the key holder refuses a sum whose encrypted weights differ from the declared counts' (``guard.py``).
+``w_ref`` (``secure.weight_ref``, by default the weight of an average-sized client) is a public constant that
+keeps ``(w_i/w_ref)·diff_i`` in the range the packing's ``clip`` covers; it cancels in the result.
 Only linear aggregators qualify (config loading rejects the others).
 """
 
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from ..aggregators import Aggregator
-from .base import ClientCipher, Decrypted, KeyHolder, ServerCipher
+from .base import ClientCipher, Decrypted, ServerCipher
 
 __all__ = ["Stage", "SecAggState", "encrypt_update", "add_updates", "decrypt_aggregate", "apply_aggregate"]
 
@@ -82,10 +85,11 @@ def add_updates(state: SecAggState, server: ServerCipher) -> bytes:
     return state.aggregate
 
 
-def decrypt_aggregate(state: SecAggState, holder: KeyHolder, length: int) -> Decrypted:
-    """Key holder: decrypt the aggregate of ``len(payloads)`` updates (it is never sent a single update)."""
+def decrypt_aggregate(state: SecAggState, holder, length: int, contributions: list) -> Decrypted:
+    """Key holder: decrypt the sum of the round's ``contributions`` (``secure/guard.py``: it checks them and
+    adds them itself; it never decrypts a single update, nor an aggregate the server made)."""
     state.expect(Stage.ADD)
-    state.result = holder.decrypt(state.aggregate, len(state.payloads), length)
+    state.result = holder.decrypt_round(state.round, contributions, length)
     state.stage = Stage.DECRYPT
     return state.result
 

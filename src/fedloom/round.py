@@ -1,0 +1,293 @@
+"""One federated round, written once for both runtimes.
+
+    sample → broadcast payload → the cohort's answers → check → decode → (secure stages) → aggregate →
+    evaluate → metrics row
+
+The simulation and the Flower runtime differ only in how a cohort's answers are obtained, behind
+:class:`Cohort`: in process (``simulation.LocalCohort``: the vectorized or sequential engine, the clients'
+codecs and ciphers) or as messages to remote workers with timeouts (``flower.coordinator.RemoteCohort``).
+Everything the cohort returns is treated as hostile here, whatever the runtime: a client id outside the
+cohort, a sample count outside ``1..declared``, a payload that does not decode, a non-finite value or an
+update whose L2 norm passes ``runtime.max_update_norm`` makes that client fail the round, with the reason;
+the round goes on with the others. Secure aggregation runs its stages here too (``secure/secagg.py``):
+the cohort's answers carry ciphertexts, the server checks their size and adds them, the cohort's key holder
+decrypts, the server applies.
+
+Checkpoints: :meth:`Round.state_dict` is the server's side of what lives across rounds (global vector,
+client health, the clipped-value count); a runtime adds its own (the simulation its clients' codec state).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .channel import Channel
+from .secure.guard import Contribution, KeyHolderRefusal
+from .secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate
+from .server import Server
+
+__all__ = ["Answer", "Replies", "Cohort", "SecureServer", "Round", "check_update"]
+
+
+@dataclass
+class Answer:
+    """One client's answer as it arrived; nothing in it is trusted until :class:`Round` has checked it."""
+
+    client: int
+    payload: bytes  # the upload codec's payload, or ciphertexts under secure aggregation
+    num_samples: int
+    train_loss: float
+    stats: dict[str, float] = field(default_factory=dict)  # train_seconds, he_encrypt_seconds, clipped
+    signature: bytes = b""  # secure aggregation over Flower: the client's signature of its ciphertexts
+
+
+@dataclass
+class Replies:
+    """What a cohort returns: answers, the clients that failed (with the reason) and how many were sent the
+    broadcast payload (``bytes_down = len(payload) × sent``); ``row`` carries runtime-only timings."""
+
+    answers: list[Answer]
+    failed: dict[int, str]
+    sent: int
+    row: dict = field(default_factory=dict)
+
+
+class Cohort(Protocol):
+    """How a runtime gets answers from the sampled clients."""
+
+    def train(self, rnd: int, clients: list[int], down: bytes) -> Replies:
+        """Send the broadcast payload ``down`` to ``clients``; their answers and failures."""
+
+    def declared_samples(self, client: int) -> int:
+        """The rows ``client`` declared when it was admitted (its answers may claim no more)."""
+
+    def key_holder(self, rnd: int):
+        """Who decrypts round ``rnd``'s sum: anything with ``decrypt_round(rnd, contributions, length)``, i.e.
+        a :class:`~fedloom.secure.guard.GuardedKeyHolder` or the Flower runtime's messenger to one."""
+
+
+@dataclass
+class SecureServer:
+    """The server's secure-aggregation material: a cipher that can only add, and public constants."""
+
+    cipher: object  # ServerCipher
+    weight_ref: float  # w_ref of secure/secagg.py
+    payload_bytes: int | None  # the exact size of one client's ciphertexts (None: the scheme varies it)
+    min_summands: int  # fewest updates an aggregate may hold before it is decrypted
+
+
+def check_update(values: torch.Tensor, max_norm: float) -> str:
+    """Why a decoded update ``[params]`` may not touch the model ("" when it may)."""
+    if not bool(torch.isfinite(values).all()):
+        return "update has non-finite values (NaN or Inf)"
+    norm = float(torch.linalg.vector_norm(values.double()))
+    if norm > max_norm:
+        return f"update norm {norm:.4g} exceeds runtime.max_update_norm {max_norm:g}"
+    return ""
+
+
+class Round:
+    """The round of one federation; call it with a round number to run that round and get its row."""
+
+    def __init__(self, cfg, server: Server, channel: Channel, cohort: Cohort, secure: SecureServer | None = None):
+        self.cfg, self.server, self.channel, self.cohort, self.secure = cfg, server, channel, cohort, secure
+        self.clipped = 0  # values clipped by the clients' packing so far (secure aggregation)
+        self.log = None  # optional callable(str) for lines worth a log (the Flower server's)
+
+    # --- the round --------------------------------------------------------------------------------
+    def __call__(self, rnd: int) -> dict:
+        server, t0 = self.server, time.perf_counter()
+        cohort = server.sample(rnd)
+        down, _ = self.channel.down(server.global_vec, rnd)
+        replies = self.cohort.train(rnd, cohort, down)
+        failed = dict(replies.failed)
+        answers = self._admissible(replies.answers, cohort, failed)
+        self.clipped += int(sum(a.stats.get("clipped", 0) for a in answers))
+        bytes_up = sum(len(a.payload) for a in answers)  # the one place upload bytes are measured
+        extra: dict = {}
+        if self.secure is None:
+            kept = self._plain(rnd, answers, failed)
+        else:
+            kept, extra = self._secure(rnd, answers, failed)
+        applied = kept is not None
+        for c in cohort:
+            server.record_picked(c, rnd)
+        for c, reason in failed.items():
+            server.record_failure(c, rnd, reason)
+        for a in kept or []:
+            server.record_joined(a.client, rnd)
+        acc, loss = server.evaluate()
+        return {
+            "round": rnd,
+            "accuracy": acc,
+            "loss": loss,
+            "bytes_up": bytes_up,
+            "bytes_down": len(down) * replies.sent,
+            "seconds": time.perf_counter() - t0,
+            "clients": [a.client for a in kept or []],
+            "failed": {str(c): r for c, r in sorted(failed.items())},
+            "applied": applied,
+            "train_loss": _mean_loss(kept or []),
+            **replies.row,
+            **extra,
+        }
+
+    def _admissible(self, answers: list[Answer], cohort: list[int], failed: dict[int, str]) -> list[Answer]:
+        """Answers from this round's cohort, one per client, with a sample count in ``1..declared``."""
+        out, seen = [], set()
+        for a in answers:
+            if a.client not in cohort or a.client in seen:
+                continue  # not asked, or answered twice: nobody to blame but the transport
+            seen.add(a.client)
+            declared = self.cohort.declared_samples(a.client)
+            if not 1 <= a.num_samples <= declared:
+                failed[a.client] = f"num_samples {a.num_samples} outside 1..{declared} (its declared rows)"
+            elif self.secure is not None and self.secure.payload_bytes not in (None, len(a.payload)):
+                failed[a.client] = f"encrypted update of {len(a.payload)} bytes, expected {self.secure.payload_bytes}"
+            else:
+                out.append(a)
+        return out
+
+    def _enough(self, rnd: int, kept: list[Answer], why: str = "too few answers") -> bool:
+        need = self.cfg.runtime.min_clients
+        if len(kept) >= need:
+            return True
+        if self.log is not None:
+            self.log(f"round {rnd}: not applied: {why} ({len(kept)}, need runtime.min_clients {need})")
+        return False
+
+    def _plain(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> list[Answer] | None:
+        """Decode and check each update, then aggregate the good ones; None when the round is not applied."""
+        layout, max_norm = self.channel.layout, self.cfg.runtime.max_update_norm
+        kept, values, present = [], [], []
+        for a in answers:
+            try:
+                (v,), p = self.channel.decode_up([a.payload], [a.client], rnd)  # [1, params]
+            except Exception as e:  # noqa: BLE001 - a payload from the wire may be malformed in any way
+                failed[a.client] = f"payload does not decode: {e}"
+                continue
+            reason = "" if v.numel() == layout.size else f"update of {v.numel()} values, expected {layout.size}"
+            reason = reason or check_update(v, max_norm)
+            if reason:
+                failed[a.client] = reason
+                continue
+            kept.append(a)
+            values.append(v)
+            present.append(None if p is None else p[0])
+        if not self._enough(rnd, kept):
+            return None
+        diffs = torch.stack(values)  # [clients, params]
+        mask = None
+        if any(p is not None for p in present):
+            full = torch.ones(layout.size, dtype=torch.bool)
+            mask = torch.stack([full if p is None else p for p in present])  # [clients, params]
+        sizes = torch.tensor([a.num_samples for a in kept], dtype=torch.int64)
+        self.server.aggregate(diffs, sizes, mask)
+        return kept
+
+    def _secure(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> tuple[list[Answer] | None, dict]:
+        """ADD (here), DECRYPT (the cohort's key holder), APPLY (here)."""
+        sec, server = self.secure, self.server
+        extra = {
+            "he_encrypt_seconds": sum(a.stats.get("he_encrypt_seconds", 0.0) for a in answers),
+            "he_aggregate_seconds": 0.0,
+            "he_decrypt_seconds": 0.0,
+            "bytes_keyholder": 0,
+            "clipped": self.clipped,
+            "secure_error": "",
+        }
+        t0 = time.perf_counter()
+        kept, state = self._add(rnd, answers, failed)
+        extra["he_aggregate_seconds"] = time.perf_counter() - t0
+        need = max(sec.min_summands, 1)
+        if len(kept) < need:
+            extra["secure_error"] = f"{len(kept)} encrypted update(s): fewer than secure.min_summands {need}"
+            return None, extra
+        if not self._enough(rnd, kept, "too few valid encrypted updates"):
+            extra["secure_error"] = "too few answers"
+            return None, extra
+        holder = self.cohort.key_holder(rnd)
+        contributions = [Contribution(a.client, a.payload, a.num_samples, a.signature) for a in kept]
+        t1 = time.perf_counter()
+        try:
+            decrypt_aggregate(state, holder, self.channel.layout.size, contributions)
+        except (KeyHolderError, KeyHolderRefusal) as e:
+            extra |= getattr(holder, "stats", {})
+            extra["secure_error"] = str(e)
+            if self.log is not None:
+                self.log(f"round {rnd}: not applied: {e}")
+            return None, extra
+        extra["he_decrypt_seconds"] = time.perf_counter() - t1
+        # the contributions go to the key holder (it adds them itself); float64 sums come back
+        extra["bytes_keyholder"] = sum(len(a.payload) for a in kept) + 8 * self.channel.layout.size
+        extra |= getattr(holder, "stats", {})
+        expected = sum(server.aggregator.weight(a.num_samples) for a in kept)
+        if int(state.result.weight) != int(round(expected)):
+            extra["secure_error"] = (
+                f"the decrypted total weight {state.result.weight} differs from the {expected:g} the clients declared"
+            )
+            return None, extra
+        server.global_vec = apply_aggregate(state, server.aggregator, server.global_vec, sec.weight_ref)
+        return kept, extra
+
+    def _add(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> tuple[list[Answer], SecAggState]:
+        """The ADD stage over the answers whose ciphertexts the server cipher accepts (in range of the
+        federation's key, one layout); a bad one fails its sender only and the rest are added again."""
+        kept = list(answers)
+        for attempt in range(2):
+            state = SecAggState(rnd, [a.client for a in kept])
+            state.payloads = {a.client: a.payload for a in kept}  # the ENCRYPT stage ran on the clients
+            if not kept:
+                return kept, state
+            try:
+                add_updates(state, self.secure.cipher)
+                return kept, state
+            except (ValueError, TypeError):
+                if attempt:
+                    raise
+            good = []
+            for a in kept:
+                try:
+                    self.secure.cipher.add([a.payload])
+                    good.append(a)
+                except (ValueError, TypeError) as e:
+                    failed[a.client] = f"encrypted update is not valid under the federation's public key: {e}"
+            kept = good
+        raise AssertionError("unreachable")
+
+    # --- state across rounds ----------------------------------------------------------------------
+    def state_dict(self, rnd: int) -> dict:
+        """The server side of a checkpoint after round ``rnd`` (tensors and plain values only)."""
+        import json
+
+        return {
+            "round": rnd,
+            "global": self.server.global_vec.clone(),
+            "health": json.dumps(self.server.health_table()),
+            "clipped": self.clipped,
+        }
+
+    def load_state_dict(self, state: dict) -> int:
+        """Restore :meth:`state_dict`'s fields; returns the round they were taken after."""
+        import json
+
+        self.server.global_vec = state["global"].clone()
+        self.server.load_health(json.loads(state["health"]))
+        self.clipped = int(state.get("clipped", 0))
+        return int(state["round"])
+
+
+class KeyHolderError(Exception):
+    """The DECRYPT stage failed: no key holder answered, or it refused (the message says why)."""
+
+
+def _mean_loss(kept: list[Answer]) -> float:
+    n = sum(a.num_samples for a in kept)
+    if not n:
+        return math.nan
+    return float(sum(a.train_loss * a.num_samples for a in kept) / n)
