@@ -444,6 +444,9 @@ def run_encrypted_model(
 ) -> tuple[list[dict], dict, np.ndarray]:
     """``fedloom run`` for ``secure.protocol: encrypted-model``: the book's 15.4 from a config and its data.
 
+    ``momentum`` is accepted and unused (the book's conf.json sets 0.0001; its encrypted client takes plain
+    steps ``w ← M·w + q``); the summary's ``notes`` says so.
+
     Returns the metrics rows, the summary (same keys as a simulation run, plus ``he_*``) and the final weights.
     """
     from ..errors import DataError
@@ -481,4 +484,9 @@ def run_encrypted_model(
         "secure_method": "paillier",
         "aggregator": "book-lambda (encrypted)",
     }
+    if cfg.momentum:
+        summary["notes"] = [
+            f"momentum {cfg.momentum:g} is unused: the book's 15.4 clients take plain gradient steps on encrypted "
+            "weights (its conf.json sets momentum, its code never reads it)"
+        ]
     return rows, summary, weights
