@@ -61,9 +61,7 @@ class ErrorFeedback(Codec):
 
     def encode(self, vec: torch.Tensor, ctx: CodecContext) -> bytes:
         residual = self.residuals.get(ctx.client_id)
-        p = (
-            vec.detach().float() if residual is None else vec.detach().float() + residual
-        )  # never written in place
+        p = vec.detach().float() if residual is None else vec.detach().float() + residual  # never written in place
         payload = self.codec.encode(p, ctx)
         self.residuals[ctx.client_id] = p - self.codec.decode(payload, ctx).values.to(p.device)
         return payload
