@@ -38,7 +38,7 @@ __all__ = [
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist", "csv", "synthetic")
 DOWNLOAD_DATASETS = ("cifar", "cifar10", "cifar100", "fashion_mnist", "emnist", "femnist", "imagenet")
-MODELS = ("fnn", "mlp", "cnn", "logreg")
+MODELS = ("fnn", "mlp", "mlp_bn", "cnn", "logreg")
 # The book's ch.3 names models after torchvision constructors (resnet18 in conf.json, resnet50 in 15.3).
 TORCHVISION_MODELS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg16", "vgg19",
@@ -78,6 +78,9 @@ class RuntimeConfig(_Section):
         None, gt=0, description="memory each simulated client may use; a client needing more refuses"
     )
     checkpoint: bool = True
+    bn: Literal["fedavg", "fedbn"] = Field(
+        "fedavg", description="BatchNorm state: fedavg averages it with the parameters; fedbn keeps it per client"
+    )
 
 
 def _check_codec(spec: str, allow_ef: bool) -> str:
@@ -245,6 +248,8 @@ class Config(_Section):
             raise ValueError("type: synthetic is partitioned by its generator (one teacher per client); drop partition")
         if self.type == "synthetic" and self.synthetic.num_samples < 2 * self.no_models:
             raise ValueError(f"synthetic.num_samples must give each of the {self.no_models} clients at least 2 rows")
+        if self.runtime.bn == "fedbn" and self.model_name in ("fnn", "mlp", "cnn", "logreg"):
+            raise ValueError(f"runtime.bn: fedbn keeps BatchNorm local; '{self.model_name}' has none (use mlp_bn)")
         if self.compression.error_feedback:  # the flag form of +ef, also with the book's prop/rate
             from .channel import split_ef
 

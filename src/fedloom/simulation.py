@@ -22,12 +22,13 @@ from .channel import Channel
 from .client import Client
 from .config import Config
 from .data import FedData, load_data
+from .engines import make_engine
 from .models import build_model
 from .params import Layout, flatten
 from .secure import make_keyholder, make_server_cipher
 from .secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate, encrypt_update
 from .server import Server
-from .training import LocalSpec, make_engine
+from .training import LocalSpec
 
 __all__ = ["Federation", "RunResult", "run_federation"]
 
@@ -92,7 +93,7 @@ class Federation:
             # a client of average size has weight w_ref: scaled updates stay in the range `clip` covers
             w_ref = server.aggregator.weight(max(1, round(float(data.partition.sizes().mean()))))
             secure = _ClientsSecure(holder, holder.client_cipher(), w_ref)
-        engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk)
+        engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn)
         return cls(cfg, data, model, server, clients, spec, engine, channel, secure)
 
     @property

@@ -20,9 +20,7 @@ from fedloom.params import Layout
 __all__ = ["aggregate_present", "decode_batch"]
 
 
-def aggregate_present(
-    values: torch.Tensor, present: torch.Tensor | None, weights: torch.Tensor
-) -> torch.Tensor:
+def aggregate_present(values: torch.Tensor, present: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
     """Per-coordinate weighted mean ``[params]`` of ``values`` ``[clients, params]`` over senders."""
     if values.ndim != 2 or weights.shape != (values.shape[0],):
         raise ValueError(
@@ -57,8 +55,7 @@ def decode_batch(
     ``present`` is None when no payload set it; otherwise clients without it count as sending everything.
     """
     decoded = [
-        codec.decode(b, CodecContext(layout, int(c), round, seed))
-        for b, c in zip(payloads, client_ids, strict=True)
+        codec.decode(b, CodecContext(layout, int(c), round, seed)) for b, c in zip(payloads, client_ids, strict=True)
     ]
     values = torch.stack([d.values for d in decoded])  # [clients, params]
     if all(d.present is None for d in decoded):

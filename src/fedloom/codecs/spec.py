@@ -83,8 +83,7 @@ def parse_codec(spec: str) -> Codec:
             sparsifier = part
         elif values is not None:
             raise ConfigError(
-                f"codec spec {spec!r}: at most one value codec (none, fp16, q1..q8, sign), "
-                "after the sparsifier if any"
+                f"codec spec {spec!r}: at most one value codec (none, fp16, q1..q8, sign), after the sparsifier if any"
             )
         else:
             values = part

@@ -56,9 +56,7 @@ class TopK(Sparsifier):
             return Selection(index, _HEAD.pack(index.size, GAPS) + encode_uvarints(gaps))
         mask = np.zeros(x.size, dtype=bool)
         mask[index] = True
-        return Selection(
-            index, _HEAD.pack(index.size, BITMASK) + np.packbits(mask, bitorder="little").tobytes()
-        )
+        return Selection(index, _HEAD.pack(index.size, BITMASK) + np.packbits(mask, bitorder="little").tobytes())
 
     def read_index(self, buf: memoryview, ctx: CodecContext) -> tuple[np.ndarray, int]:
         params = ctx.layout.size
