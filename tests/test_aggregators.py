@@ -39,3 +39,18 @@ def test_make_aggregator_picks_book_rule_only_with_lambda():
     assert isinstance(make_aggregator(None), FedAvg)
     with pytest.raises(ValueError):
         BookLambda(0.0)
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middles_with_or_without_present():
+    from fedloom.aggregators import CoordinateMedian
+
+    g = torch.zeros(2)
+    diffs = torch.tensor([[1.0, 10.0], [3.0, 20.0], [7.0, 40.0], [100.0, 30.0]])  # [clients, params]
+    n = torch.ones(4, dtype=torch.int64)
+    med = CoordinateMedian()
+    assert med.aggregate(g, diffs, n).tolist() == [5.0, 25.0]
+    everyone = torch.ones(4, 2, dtype=torch.bool)
+    assert med.aggregate(g, diffs, n, everyone).tolist() == [5.0, 25.0]  # dense and partial paths agree
+    present = torch.tensor([[True, False], [True, False], [False, True], [False, False]])
+    assert med.aggregate(g, diffs, n, present).tolist() == [2.0, 40.0]  # over the senders only
+    assert med.aggregate(g, diffs, n, torch.zeros(4, 2, dtype=torch.bool)).tolist() == [0.0, 0.0]

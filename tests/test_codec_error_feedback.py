@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedloom.codecs import CodecContext, ErrorFeedback, parse_codec
+from fedloom.config import build_config
+from fedloom.errors import ConfigError
 from fedloom.params import Layout
 
 
@@ -47,3 +50,40 @@ def test_error_feedback_batch_matches_per_client_and_checkpoints() -> None:
     restored = ErrorFeedback(parse_codec("q2"))
     restored.load_state_dict(batch.state_dict())
     assert all(torch.equal(restored.residuals[c], batch.residuals[c]) for c in batch.residuals)
+
+
+@pytest.mark.parametrize("spec", ["randk:0.1", "randk:0.01+q8", "mask:0.5", "mask:0.5+sign"])
+def test_error_feedback_refuses_codecs_it_cannot_make_converge(spec: str) -> None:
+    with pytest.raises(ConfigError, match="error feedback"):
+        ErrorFeedback(parse_codec(spec))
+    with pytest.raises(ConfigError, match=r"compression.*error feedback") as e:
+        build_config({"compression": {"up": spec + "+ef"}})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="compression.error_feedback"):
+        build_config({"compression": {"up": spec, "error_feedback": True}})
+
+
+def test_error_feedback_refuses_the_books_mask_given_by_prop() -> None:
+    with pytest.raises(ConfigError, match="fixed mask"):
+        build_config({"prop": 0.5, "compression": {"error_feedback": True}})
+
+
+def test_randk_with_error_feedback_would_diverge_topk_does_not() -> None:
+    """Why randk+ef is refused: the residual grows geometrically (params/k − 1 > 1), topk's stays bounded."""
+    layout = make_layout(200)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(200, generator=g) for _ in range(30)]
+    randk, topk = parse_codec("randk:0.05"), ErrorFeedback(parse_codec("topk:0.05"))
+    residual = torch.zeros(200)
+    for rnd, x in enumerate(xs):  # the EF recursion by hand, as ErrorFeedback would run it
+        ctx = ctx_for(layout, rnd=rnd)
+        p = x + residual
+        residual = p - randk.decode(randk.encode(p, ctx), ctx).values
+        topk.encode(x, ctx)
+    assert float(residual.norm()) > 1e6 * float(xs[0].norm())
+    assert float(topk.residuals[0].norm()) < 50 * float(xs[0].norm())
+
+
+def test_lossless_randk_and_mask_keep_error_feedback() -> None:
+    for spec in ("randk:1", "mask:1"):
+        build_config({"compression": {"up": spec + "+ef"}})

@@ -81,7 +81,7 @@ def test_overrides_do_not_mutate_the_input():
         ({"secure": {"method": "paillier", "protocol": "encrypted-model"}}, "method paillier, model_name logreg"),
         (
             {"secure": {"method": "paillier", "protocol": "encrypted-model"}, "model_name": "logreg"},
-            "set momentum: 0 and lambda",
+            "set lambda",
         ),
         ({"aggregator": "trimmed"}, "field 'aggregator'"),
         ({"feature_num": 0}, "field 'feature_num'"),

@@ -177,3 +177,20 @@ def test_book_config_encrypted(breast):
     assert summary["final_accuracy"] == twin["final_accuracy"] >= 0.95  # seed 0: 110/114 = 0.965
     assert summary["eval_samples"] == 114
     assert rows[-1]["bytes_up"] == 2 * (12 + 31 * 256)  # k uploads of 31 ciphertexts of 256 bytes
+
+
+def test_the_books_15_4_conf_json_runs_as_written_and_momentum_is_noted():
+    """The book's chapter15 conf.json sets momentum 0.0001, which its encrypted client never reads: accepted."""
+    from pathlib import Path
+
+    from fedloom.config import load_config
+    from fedloom.data import load_data
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "book_15_4.json"
+    cfg = load_config(path, ["global_epochs=1", "secure.key_bits=512"])
+    book = {"no_models": 5, "global_epochs": 1, "local_epochs": 2, "k": 2, "batch_size": 64, "lr": 0.15,
+            "momentum": 0.0001, "lambda": 0.5, "feature_num": 30}  # fmt: skip
+    assert {key: cfg.to_dict()[key] for key in book} == book
+    rows, summary, weights = E.run_encrypted_model(cfg, load_data(cfg))
+    assert len(rows) == 1 and weights.shape == (31,)
+    assert "momentum 0.0001 is unused" in summary["notes"][0]

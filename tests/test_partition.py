@@ -71,3 +71,13 @@ def test_more_clients_than_rows_is_a_config_error():
 def test_impossible_min_size_is_a_config_error():
     with pytest.raises(ConfigError, match="min_size"):
         partition(Y, 10, "dirichlet", np.random.default_rng(0), alpha=0.01, min_size=100)
+
+
+def test_dirichlet_gives_unequal_client_sizes_as_its_docstring_says():
+    import importlib
+
+    module = importlib.import_module("fedloom.data.partition")
+
+    sizes = partition(Y, 10, "dirichlet", np.random.default_rng(0), alpha=0.5).sizes()
+    assert sizes.sum() == len(Y) and sizes.max() > 2 * sizes.min()
+    assert "unequal" in module.__doc__ and "Hsu" in module.__doc__

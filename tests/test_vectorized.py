@@ -7,16 +7,19 @@ import pytest
 import torch
 from torch import nn
 
+import fedloom.engine_kernels as ek
 import fedloom.engine_vectorized as ev
 from fedloom.config import build_config
 from fedloom.data import FedData, load_data
 from fedloom.data.partition import Partition
 from fedloom.data.synthetic import power_law_sizes, synthetic
-from fedloom.engine_vectorized import AutoEngine, VectorizedEngine, linear_stack, supports
+from fedloom.engine_vectorized import VectorizedEngine, linear_stack, supports
+from fedloom.engines import AutoEngine, make_engine
 from fedloom.errors import ConfigError
 from fedloom.models import build_model
+from fedloom.params import Layout, flatten
 from fedloom.simulation import Federation, run_federation
-from fedloom.training import LocalSpec, SequentialEngine, make_engine
+from fedloom.training import LocalSpec, SequentialEngine
 
 ATOL = 1e-5
 # Uneven shards (quantity skew), momentum, several epochs, a batch size that divides no shard evenly.
@@ -80,7 +83,7 @@ def test_vectorized_equals_sequential_on_uneven_shards(model):
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 @pytest.mark.parametrize("softmax_by_hand", [False, True])
 def test_momentum_values_and_one_epoch(momentum, softmax_by_hand, monkeypatch):
-    monkeypatch.setattr(ev, "_SOFTMAX_BY_HAND", 0 if softmax_by_hand else 10**9)  # both softmax paths
+    monkeypatch.setattr(ek, "_SOFTMAX_BY_HAND", 0 if softmax_by_hand else 10**9)  # both softmax paths
     net, data, _ = _setup("mlp")
     spec = LocalSpec(1, 32, 0.1, momentum)
     g = _global(net)
@@ -186,10 +189,11 @@ def test_engine_choice_and_models_the_vectorized_engine_refuses():
         make_engine("fast")
     with pytest.raises(ConfigError, match="chunk"):
         VectorizedEngine(0)
-    bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))  # running statistics
+    assert supports(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)))  # mlp_bn
+    bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))  # statistics, off the stack
     assert not supports(bn) and not supports(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)))
     _, data, spec = _setup("fnn")
-    g = _global(bn)
+    g = flatten(bn)
     with pytest.raises(ConfigError, match="use engine auto or sequential"):
         VectorizedEngine().train(bn, g, data, [0], spec, 0, 1)
     auto = AutoEngine()
@@ -255,3 +259,152 @@ def test_synthetic_rejects_impossible_settings():
         synthetic(3, 30, 5, 1, 1.0, 1.0, rng)
     with pytest.raises(ValueError, match="standard deviations"):
         synthetic(3, 30, 5, 3, -1.0, 1.0, rng)
+
+
+# ---------------------------------------------------------------------------------------------- BatchNorm
+# Well conditioned: at batch 7 with momentum 0.9 BatchNorm's 7-row statistics make the *reference* chaotic
+# (a 1e-7 relative nudge of the start moves its diff by 0.017), so no two float32 programs agree there.
+BN = {"type": "digits", "model_name": "mlp_bn", "hidden": [16, 8], "batch_size": 16, "momentum": 0.5}
+
+
+def _bn_setup(**over):
+    cfg = build_config({**UNEVEN, **BN, **over})
+    key = cfg.type + str(cfg.partition) + str(cfg.no_models)
+    data = _DATA.setdefault(key, load_data(cfg))
+    net = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, None, cfg.seed)
+    return net, data, LocalSpec(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum)
+
+
+def test_batchnorm_model_trains_alike_in_both_engines_statistics_included():
+    net, data, spec = _bn_setup()
+    layout = Layout.from_model(net)
+    assert layout.buffers == 4 and layout.names[-4:] == ("1.running_mean", "1.running_var", "4.running_mean",
+                                                         "4.running_var")  # fmt: skip
+    sizes = data.partition.sizes()
+    assert (sizes % spec.batch_size == 1).any()  # a trailing one-row batch, which BatchNorm must skip
+    cohort = [4, 0, 5, 2, 1, 3]
+    g = flatten(net)
+    ref = SequentialEngine().train(net, g, data, cohort, spec, seed=7, round=3)
+    vec = VectorizedEngine().train(net, g, data, cohort, spec, seed=7, round=3)
+    _assert_same(ref, vec)
+    stats = slice(layout.num_trainable, layout.size)
+    assert ref.diffs[:, stats].abs().min(1).values.gt(0).all()  # every client moved its running statistics
+    assert torch.equal(g, flatten(net))  # neither engine wrote into the model or the global vector
+    auto = AutoEngine()
+    _assert_same(ref, auto.train(net, g, data, cohort, spec, 7, 3))
+    assert auto.name == "vectorized"
+
+
+def test_sequential_scratch_model_starts_every_client_from_the_global_statistics():
+    """One scratch model serves the cohort: a client's result must not depend on who trained before it."""
+    net, data, spec = _bn_setup()
+    g = flatten(net)
+    alone = SequentialEngine().train(net, g, data, [3], spec, 7, 3)
+    after_others = SequentialEngine().train(net, g, data, [0, 5, 3], spec, 7, 3)
+    assert torch.equal(alone.diffs[0], after_others.diffs[2])
+
+
+def test_batch_size_one_is_refused_for_batchnorm():
+    net, data, _ = _bn_setup()
+    spec = LocalSpec(1, 1, 0.1, 0.0)
+    for engine in (SequentialEngine(), VectorizedEngine()):
+        with pytest.raises(ConfigError, match="batch_size 1"):
+            engine.train(net, flatten(net), data, [0], spec, 0, 1)
+
+
+def _recalibrated_accuracy(fed) -> float:
+    """The global weights with BatchNorm statistics recomputed on all training rows (cumulative average)."""
+    import copy
+
+    from fedloom.params import load_into
+
+    model = copy.deepcopy(fed.model)
+    load_into(model, fed.server.global_vec)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(fed.data.x_train)
+    model.eval()
+    with torch.no_grad():
+        return float((model(fed.data.x_eval).argmax(1) == fed.data.y_eval).float().mean())
+
+
+def test_digits_batchnorm_accuracy_is_that_of_the_averaged_statistics():
+    """The issue: BatchNorm statistics never travelled, so the server evaluated with its initial ones (0.778
+    reported where recalibrated statistics gave 0.969). Now the reported accuracy is the model's own."""
+    raw = {"type": "digits", "model_name": "mlp_bn", "hidden": [32], "global_epochs": 15, "no_models": 10,
+           "k": 5, "local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.5}  # fmt: skip
+    runs = {}
+    for engine in ("sequential", "vectorized"):
+        fed = Federation.build(build_config({**raw, "runtime": {"engine": engine}}))
+        runs[engine] = (run_federation(fed), fed)
+    (seq, fed), (vec, _) = runs["sequential"], runs["vectorized"]
+    assert [r["accuracy"] for r in vec.rows] == pytest.approx([r["accuracy"] for r in seq.rows], abs=1e-5)
+    assert torch.allclose(seq.global_vec, vec.global_vec, atol=1e-5)
+    reported = seq.summary["final_accuracy"]
+    assert reported > 0.9 and abs(reported - _recalibrated_accuracy(fed)) < 0.03  # measured 0.936
+    initial = fed.server.global_vec.clone()  # what the server evaluated before: its initial statistics
+    for name, part in zip(fed.layout.names, fed.layout.slices()):
+        if name.endswith(("running_mean", "running_var")):
+            initial[part] = 0.0 if name.endswith("mean") else 1.0
+    assert fed.server.evaluate(initial)[0] < reported - 0.2  # measured 0.642
+
+
+def test_models_whose_state_cannot_travel_are_refused_with_one_line():
+    cumulative = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, momentum=None), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ConfigError, match="momentum=None") as e:
+        Layout.from_model(cumulative)
+    assert "\n" not in str(e.value)
+
+    class Counter(nn.Linear):
+        def __init__(self):
+            super().__init__(4, 3)
+            self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    with pytest.raises(ConfigError, match="buffer 'steps'"):
+        flatten(Counter())
+
+
+# -------------------------------------------------------------------------------------------------- FedBN
+def test_fedbn_keeps_each_clients_batchnorm_and_averages_the_rest():
+    from fedloom.engines import LocalNorm
+    from fedloom.params import norm_mask
+
+    net, data, spec = _bn_setup()
+    mask = norm_mask(net)
+    layout = Layout.from_model(net)
+    assert int(mask.sum()) == 4 * (16 + 8)  # γ, β, running mean and variance of both BatchNorm layers
+    assert not mask[: layout.offsets[2]].any()  # the first Linear is shared
+    g1 = flatten(net)
+    for inner in (SequentialEngine(), VectorizedEngine()):
+        fedbn = LocalNorm(inner)
+        r1 = fedbn.train(net, g1, data, [0, 1], spec, 0, 1)
+        local0 = (g1 + r1.diffs[0])[mask]
+        assert torch.equal(fedbn.state[0], local0)
+        g2 = g1 + r1.diffs.mean(0)  # some new global model
+        r2 = fedbn.train(net, g2, data, [2, 0], spec, 0, 2)  # not in step order: starts must follow the clients
+        start = g2.clone()
+        start[mask] = local0  # client 0 trains from its own BatchNorm, client 2 (first time) from the global one
+        by_hand = SequentialEngine().train(net, g2, data, [0], spec, 0, 2, starts=start[None])
+        torch.testing.assert_close(r2.diffs[1], by_hand.diffs[0], atol=ATOL, rtol=0)
+        plain = SequentialEngine().train(net, g2, data, [2], spec, 0, 2)
+        torch.testing.assert_close(r2.diffs[0], plain.diffs[0], atol=ATOL, rtol=0)
+        from_global = SequentialEngine().train(net, g2, data, [0], spec, 0, 2)
+        assert not torch.allclose(r2.diffs[1], from_global.diffs[0], atol=1e-3)  # its own BatchNorm mattered
+        restored = LocalNorm(inner)
+        restored.load_state_dict(fedbn.state_dict())
+        assert restored.state.keys() == fedbn.state.keys() == {0, 1, 2}
+
+
+def test_fedbn_config():
+    fed = Federation.build(build_config({**BN, "no_models": 4, "k": 2, "global_epochs": 2,
+                                         "runtime": {"bn": "fedbn"}}))  # fmt: skip
+    res = run_federation(fed)
+    assert len(fed.engine.state) > 0 and res.summary["final_accuracy"] > 0
+    with pytest.raises(ConfigError, match="runtime.bn: fedbn"):
+        build_config({"model_name": "mlp", "runtime": {"bn": "fedbn"}})
+    with pytest.raises(ConfigError, match="runtime.bn"):
+        build_config({"runtime": {"bn": "local"}})

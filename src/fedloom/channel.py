@@ -44,7 +44,7 @@ class Channel:
 
     def down(self, global_vec: torch.Tensor, round: int) -> tuple[bytes, torch.Tensor]:
         """The broadcast payload and the vector every client decodes from it."""
-        ctx = CodecContext(self.layout, BROADCAST_ID, round, self.seed)
+        ctx = CodecContext(self.layout, BROADCAST_ID, round, self.seed, down=True)
         payload = self.down_codec.encode(global_vec, ctx)
         return payload, self.down_codec.decode(payload, ctx).values
 

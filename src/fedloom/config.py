@@ -38,7 +38,7 @@ __all__ = [
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist", "csv", "synthetic")
 DOWNLOAD_DATASETS = ("cifar", "cifar10", "cifar100", "fashion_mnist", "emnist", "femnist", "imagenet")
-MODELS = ("fnn", "mlp", "cnn", "logreg")
+MODELS = ("fnn", "mlp", "mlp_bn", "cnn", "logreg")
 # The book's ch.3 names models after torchvision constructors (resnet18 in conf.json, resnet50 in 15.3).
 TORCHVISION_MODELS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg16", "vgg19",
@@ -84,17 +84,22 @@ class RuntimeConfig(_Section):
     max_update_norm: float = Field(
         1e4, gt=0, allow_inf_nan=False, description="an update whose L2 norm is larger fails its client's round"
     )
+    bn: Literal["fedavg", "fedbn"] = Field(
+        "fedavg", description="BatchNorm state: fedavg averages it with the parameters; fedbn keeps it per client"
+    )
 
 
 def _check_codec(spec: str, allow_ef: bool) -> str:
     from .channel import split_ef  # late: codecs import config's errors module only
-    from .codecs import parse_codec
+    from .codecs import check_error_feedback, parse_codec
 
     body, ef = split_ef(spec)
     if ef and not allow_ef:
         raise ValueError("error feedback (+ef) applies to the upload only")
     try:
-        parse_codec(body)
+        codec = parse_codec(body)
+        if ef:
+            check_error_feedback(codec)  # randk/mask with +ef would diverge
     except ConfigError as e:
         raise ValueError(str(e)) from None
     return spec
@@ -259,6 +264,15 @@ class Config(_Section):
             raise ValueError("type: synthetic is partitioned by its generator (one teacher per client); drop partition")
         if self.type == "synthetic" and self.synthetic.num_samples < 2 * self.no_models:
             raise ValueError(f"synthetic.num_samples must give each of the {self.no_models} clients at least 2 rows")
+        if self.runtime.bn == "fedbn" and self.model_name in ("fnn", "mlp", "cnn", "logreg"):
+            raise ValueError(f"runtime.bn: fedbn keeps BatchNorm local; '{self.model_name}' has none (use mlp_bn)")
+        if self.compression.error_feedback:  # the flag form of +ef, also with the book's prop/rate
+            from .channel import split_ef
+
+            try:
+                _check_codec(split_ef(self.upload_codec)[0] + "+ef", allow_ef=True)
+            except ValueError as e:
+                raise ValueError(f"compression.error_feedback: {e}") from None
         self._check_secure()
         for spec in self.sweep or []:
             try:
@@ -289,11 +303,8 @@ class Config(_Section):
                 raise ValueError(
                     "secure.protocol encrypted-model is the book's 15.4: method paillier, model_name logreg"
                 )
-            if self.momentum or self.lambda_ is None:
-                raise ValueError(
-                    "secure.protocol encrypted-model takes plain SGD steps and the book's lambda: "
-                    "set momentum: 0 and lambda"
-                )
+            if self.lambda_ is None:  # momentum is accepted and unused, as in the book's 15.4 conf.json
+                raise ValueError("secure.protocol encrypted-model takes the book's server step: set lambda")
         if sec.method == "paillier" and sec.protocol == "secagg":
             from .secure.packing import Packer
 

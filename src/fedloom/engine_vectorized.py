@@ -15,13 +15,16 @@ the readable reference, :class:`fedloom.training.SequentialEngine` (to float rou
   ``buf ← μ·buf + g`` (``buf = g`` on the first step: buffers start at 0 and every client starts at step 0),
   ``p ← p − lr·buf``.
 
-Two ways to compute a step's gradients:
+Two ways to compute a step's gradients (:mod:`fedloom.engine_kernels`):
 
-- **Linear/ReLU stacks** (``fnn``, ``mlp``, ``logreg``): hand-written batched forward/backward with
-  ``baddbmm``/``bmm`` and the softmax-cross-entropy gradient ``(softmax(z) − onehot(y))·w`` written out
-  (about 2× faster than ``vmap(grad)`` here; see /work/shared/ENGINE_NOTES.md).
+- **Linear/[BatchNorm1d]/ReLU stacks** (``fnn``, ``mlp``, ``mlp_bn``, ``logreg``): hand-written batched
+  forward/backward with ``baddbmm``/``bmm`` and the softmax-cross-entropy gradient ``(softmax(z) − onehot(y))·w``
+  written out (about 2× faster than ``vmap(grad)`` here, measured on the lab's CPU). BatchNorm normalizes
+  over each client's real rows and updates the client's stacked running statistics, which travel in the
+  diff like parameters (:mod:`fedloom.params`); a trailing one-row batch is skipped, as in the reference.
 - **Anything else without buffers or dropout** (``cnn``): ``torch.func.vmap(grad(loss))`` over
-  ``functional_call``.
+  ``functional_call``. Other models with buffers (``resnet18``'s BatchNorm2d) or dropout are refused here;
+  ``runtime.engine: auto`` trains them with the sequential reference.
 
 Memory is bounded by the cohort: clients' rows stay in the shared ``x_train`` and each step gathers its
 batches with an index tensor; cohorts larger than a memory budget (a fraction of free RAM, or
@@ -36,45 +39,37 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from .data import FedData
+from .engine_kernels import LinearKernel, VmapKernel, fast_stack, sgd_
 from .errors import ConfigError
-from .training import CohortResult, LocalSpec, SequentialEngine, client_seed
+from .params import state_tensors
+from .training import CohortResult, LocalSpec, check_local, client_seed, has_batchnorm
 
-__all__ = ["VectorizedEngine", "AutoEngine", "supports", "linear_stack"]
+__all__ = ["VectorizedEngine", "supports", "linear_stack"]
 
 _MEMORY_FRACTION = 0.25  # of the RAM psutil reports available: leaves room for the data, eval, other jobs
-_SOFTMAX_BY_HAND = 2048  # logits values from which the hand-written softmax beats log_softmax (measured)
 _SMALL_BYTES = 64 * 2**20  # a cohort needing less than this is trained in one chunk without asking psutil
 _F32 = 4  # bytes per float32
 _SLOT_BYTES = 8 + 8 + 4 + 4  # per planned batch row: row index, label (int64), weight, log-probability
 _ACT_COPIES = 3  # activations are held for backward, plus their gradients and one temporary per layer
 _GATHER_BYTES = 4 * 2**20  # inputs gathered at once (a few steps of batches): bounded whatever the epochs
-# Buffers start at 0 and every client starts at step 0, so "is_first_step=False" gives buf = g on step 1.
-_FUSED_SGD = getattr(torch, "_fused_sgd_", None)
-_UNSUPPORTED = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)  # randomness / running stats
 
 
 def supports(model: nn.Module) -> bool:
-    """Whether the vectorized engine reproduces the reference for ``model``: no buffers (BatchNorm running
-    statistics) and no dropout (its random masks would differ from the reference's)."""
-    return next(model.buffers(), None) is None and not any(isinstance(m, _UNSUPPORTED) for m in model.modules())
+    """Whether the vectorized engine reproduces the reference for ``model``: no dropout (its random masks
+    would differ from the reference's), and buffers (BatchNorm running statistics) only in a
+    Linear/BatchNorm1d/ReLU stack, whose kernel carries them."""
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+        return False
+    return next(model.buffers(), None) is None or fast_stack(model) is not None
 
 
 def linear_stack(model: nn.Module) -> list[nn.Linear] | None:
-    """The Linear layers of ``Linear (ReLU Linear)*`` (fnn, mlp, logreg), or None for other models."""
-    mods = [model] if isinstance(model, nn.Linear) else list(model) if isinstance(model, nn.Sequential) else []
-    if not mods or len(mods) % 2 == 0:
-        return None
-    linears = mods[0::2]
-    if not all(type(m) is nn.Linear and m.bias is not None for m in linears):
-        return None
-    if not all(type(m) is nn.ReLU for m in mods[1::2]):
-        return None
-    return linears
+    """The Linear layers of ``Linear ([BatchNorm1d] ReLU Linear)*`` (fnn, mlp, mlp_bn, logreg), or None."""
+    stack = fast_stack(model)
+    return None if stack is None else [lin for lin, _ in stack]
 
 
 # ---------------------------------------------------------------------------------------------- batch plan
@@ -93,7 +88,15 @@ class _Plan:
     offsets: list[int]  # [steps + 1]
 
 
-def _plan(data: FedData, clients: list[int], spec: LocalSpec, seed: int, round: int) -> _Plan:
+def steps_per_epoch(n: np.ndarray, batch: int, skip_single: bool) -> np.ndarray:
+    """``[clients]`` local steps per epoch for shards of ``n`` rows: ⌈n/B⌉, less a trailing one-row batch
+    when ``skip_single`` (BatchNorm; see :mod:`fedloom.training`)."""
+    return n // batch + (n % batch > (1 if skip_single else 0))
+
+
+def _plan(
+    data: FedData, clients: list[int], spec: LocalSpec, seed: int, round: int, skip_single: bool = False
+) -> _Plan:
     """The reference's batches of every client (same generator, one randperm per epoch), padded to full
     batches and laid out step-major. ``clients`` must be sorted by number of steps, most first.
     Index arithmetic is numpy: for these small arrays its per-call cost is a fraction of torch's."""
@@ -105,7 +108,7 @@ def _plan(data: FedData, clients: list[int], spec: LocalSpec, seed: int, round: 
         gen = torch.Generator().manual_seed(client_seed(seed, round, c))
         perms += [torch.randperm(n_c, generator=gen) for _ in range(E)]
     local = torch.cat(perms).numpy() if perms else np.zeros(0, np.int64)  # [Σ_c E·n_c] positions in shards
-    per_epoch = -(-n // B)  # [clients] steps per epoch
+    per_epoch = steps_per_epoch(n, B, skip_single)  # [clients]
     steps = E * per_epoch  # [clients], non-increasing
     active = (steps[None, :] > np.arange(steps.max() if C else 0)[:, None]).sum(1)  # [steps]
     offsets = np.concatenate([[0], np.cumsum(active)])  # [steps + 1]
@@ -114,6 +117,8 @@ def _plan(data: FedData, clients: list[int], spec: LocalSpec, seed: int, round: 
     block = np.repeat(np.arange(C * E), block_len)  # [Σ] block of each drawn position
     j = np.arange(len(local)) - (np.cumsum(block_len) - block_len)[block]  # [Σ] position within its epoch
     r, e = block // E, block % E
+    kept = j // B < per_epoch[r]  # [Σ] False only on a skipped trailing one-row batch
+    local, j, r, e = local[kept], j[kept], r[kept], e[kept]
     rows = np.full((offsets[-1], B), -1, dtype=np.int64)  # [slots, batch] rows of x_train
     rows[offsets[e * per_epoch[r] + j // B] + r, j % B] = part.order[first[r] + local]
     real = rows >= 0
@@ -138,109 +143,30 @@ def _segments(plan: _Plan, row_bytes: int) -> list[tuple[int, int]]:
     return out + [(first, len(plan.active))] if plan.active else []
 
 
-# ------------------------------------------------------------------------------------------- step kernels
-class _LinearKernel:
-    """Gradients of a Linear/ReLU stack, forward and backward written out with batched matmuls.
-
-    ``params``/``grads`` alternate weight ``[clients, out, in]`` and bias ``[clients, out]``. Loss per client:
-    ``L = Σ_rows w·ce`` with ``w = 1/b`` on real rows, so ``dL/dz = (softmax(z) − onehot(y))·w``."""
-
-    def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor], batch: int):
-        self.params, self.grads, self.batch = params, grads, batch
-
-    def views(self, a: int) -> tuple:
-        """Views for the first ``a`` clients (made once per active count, reused every step)."""
-        p, g = [t[:a] for t in self.params], [t[:a] for t in self.grads]
-        # per layer: weight [a, out, in], its transpose, bias [a, 1, out], and the two gradient buffers
-        layers = [(p[i], p[i].transpose(1, 2), p[i + 1].unsqueeze(1), g[i], g[i + 1]) for i in range(0, len(p), 2)]
-        return layers, torch.full((a, self.batch, 1), -1.0)  # the −onehot(y) scattered into softmax
-
-    def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
-        layers, minus_one = views
-        hs = [x]  # input of each layer, [a, batch, in]
-        for i, (_, wt, bias, _, _) in enumerate(layers):
-            z = torch.baddbmm(bias, hs[-1], wt)  # [a, batch, out]
-            if i < len(layers) - 1:
-                hs.append(z.relu_())
-        # softmax p and log p(label) (= −cross-entropy) into logp_y [a, batch, 1]. CPU log_softmax over a short
-        # last dimension is slow (~15 ns a value here, measured); by hand wins from ~2k values, not below.
-        if z.numel() < _SOFTMAX_BY_HAND:
-            logp = z.log_softmax(2)  # [a, batch, classes]
-            torch.gather(logp, 2, y, out=logp_y)
-            p = logp.exp_()
-        else:
-            top = z.amax(2, keepdim=True)  # [a, batch, 1]
-            p = (z - top).exp_()
-            total = p.sum(2, keepdim=True)
-            torch.gather(z, 2, y, out=logp_y).sub_(top).sub_(total.log())
-            p.div_(total)
-        g = p.scatter_add_(2, y, minus_one).mul_(w)  # dL/dz = (p − onehot)·w, [a, batch, classes]
-        for i in reversed(range(len(layers))):
-            weight, _, _, g_weight, g_bias = layers[i]
-            torch.bmm(g.transpose(1, 2), hs[i], out=g_weight)  # [a, out, in]
-            torch.sum(g, 1, out=g_bias)  # [a, out]
-            if i:  # back through Linear i and the ReLU before it
-                g = torch.ops.aten.threshold_backward(torch.bmm(g, weight), hs[i], 0)
-
-
-class _VmapKernel:
-    """Gradients of any buffer-free model via ``vmap(grad(loss))`` over ``functional_call``."""
-
-    def __init__(self, model: nn.Module, params: list[torch.Tensor], grads: list[torch.Tensor]):
-        self.names = [n for n, _ in model.named_parameters()]
-        self.params, self.grads = params, grads
-
-        def loss(p: dict, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
-            ce = F.cross_entropy(functional_call(model, p, (x,)), y.squeeze(1), reduction="none")  # [batch]
-            return (ce * w.squeeze(1)).sum(), -ce
-
-        self.per_client = vmap(grad(loss, has_aux=True))
-
-    def views(self, a: int) -> tuple:
-        return {n: p[:a] for n, p in zip(self.names, self.params)}, [g[:a] for g in self.grads]
-
-    def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
-        params, grads = views
-        g, neg_ce = self.per_client(params, x, y, w)
-        torch._foreach_copy_(grads, [g[n] for n in self.names])
-        logp_y.copy_(neg_ce.unsqueeze(2))
-
-
-def _sgd_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], spec: LocalSpec):
-    """torch.optim.SGD's update on stacked tensors, in place: ``buf ← μ·buf + g; p ← p − lr·buf``.
-
-    Uses the fused kernel behind ``torch.optim.SGD(fused=True)`` (one pass over memory instead of three;
-    it may round the last bit differently, ~1e-8) when this torch has it."""
-    if _FUSED_SGD is not None:
-        bufs = bufs if spec.momentum else []  # the fused kernel wants no buffers without momentum
-        _FUSED_SGD(params, grads, bufs, weight_decay=0.0, momentum=spec.momentum, lr=spec.lr, dampening=0.0,
-                   nesterov=False, maximize=False, is_first_step=False)  # fmt: skip
-    elif spec.momentum:
-        torch._foreach_mul_(bufs, spec.momentum)
-        torch._foreach_add_(bufs, grads)
-        torch._foreach_add_(params, bufs, alpha=-spec.lr)
-    else:
-        torch._foreach_add_(params, grads, alpha=-spec.lr)
-
-
 # ------------------------------------------------------------------------------------------------- engine
 def _train_chunk(
     model: nn.Module, global_vec: torch.Tensor, data: FedData, clients: list[int], spec: LocalSpec, seed: int,
-    round: int,
+    round: int, starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Train ``clients`` (sorted by steps, most first) in lock step; ``(diffs [clients, params], loss sums)``."""
+    """Train ``clients`` (sorted by steps, most first) in lock step from ``global_vec`` (or from the rows of
+    ``starts`` ``[clients, params]``, in the same order); ``(diffs [clients, params] vs global_vec, loss sums)``."""
     C, B = len(clients), spec.batch_size
-    params, start = [], 0
-    for p in model.parameters():  # [clients, *shape] copies of the global model, never views of global_vec
-        params.append(global_vec[start : start + p.numel()].view(p.shape).expand(C, *p.shape).clone())
-        start += p.numel()
+    state, first = [], 0
+    for t in state_tensors(model):  # [clients, *shape] copies (params, then float buffers), never views
+        if starts is None:
+            state.append(global_vec[first : first + t.numel()].view(t.shape).expand(C, *t.shape).clone())
+        else:
+            state.append(starts[:, first : first + t.numel()].reshape(C, *t.shape).clone())
+        first += t.numel()
+    num_params = len(list(model.parameters()))
+    params, buffers = state[:num_params], state[num_params:]  # buffers: BatchNorm running statistics
     grads = [torch.empty_like(p) for p in params]
     bufs = [torch.zeros_like(p) for p in params]
-    if linear_stack(model) is not None:
-        kernel: _LinearKernel | _VmapKernel = _LinearKernel(params, grads, B)
+    if fast_stack(model) is not None:
+        kernel: LinearKernel | VmapKernel = LinearKernel(model, params, grads, buffers, B)
     else:
-        kernel = _VmapKernel(model, params, grads)
-    plan = _plan(data, clients, spec, seed, round)
+        kernel = VmapKernel(model, params, grads)
+    plan = _plan(data, clients, spec, seed, round, has_batchnorm(model))
     logp_y = torch.empty_like(plan.weight)  # [slots, batch, 1]
     views: dict[int, tuple] = {}  # active count → (kernel views, params, grads, bufs) of the first a clients
     x_all = data.x_train
@@ -254,11 +180,11 @@ def _train_chunk(
                 views[a] = (kernel.views(a), [p[:a] for p in params], [g[:a] for g in grads], [b[:a] for b in bufs])
             v, p_a, g_a, b_a = views[a]
             kernel(v, x_seg[lo - base : hi - base], plan.y[lo:hi], plan.weight[lo:hi], logp_y[lo:hi])
-            _sgd_(p_a, g_a, b_a, spec)
+            sgd_(p_a, g_a, b_a, spec)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch
     loss_sum = torch.zeros(C, dtype=torch.float64).index_add_(0, plan.owner, batch_loss)
-    diffs = torch.cat([p.reshape(C, -1) for p in params], 1) - global_vec  # [clients, params]
+    diffs = torch.cat([t.reshape(C, -1) for t in state], 1) - global_vec  # [clients, params]
     return diffs, loss_sum
 
 
@@ -274,10 +200,13 @@ def _activations_per_row(model: nn.Module, features: int) -> int:
             total.append(out.numel() if isinstance(out, torch.Tensor) else 0)
 
         hooks = [m.register_forward_hook(count) for m in model.modules()]
+        training = model.training
+        model.eval()  # BatchNorm: running statistics, which one row can use and this pass must not update
         try:
             with torch.no_grad():
                 model(torch.zeros(1, features))
         finally:
+            model.train(training)
             for h in hooks:
                 h.remove()
         _ACTIVATIONS[model] = sum(total)
@@ -301,7 +230,7 @@ class VectorizedEngine:
         """Split ``clients`` (sorted by steps, most first) into consecutive chunks that fit the budget."""
         if self.chunk is not None:
             return [clients[i : i + self.chunk] for i in range(0, len(clients), self.chunk)]
-        num_params = sum(p.numel() for p in model.parameters())
+        num_params = sum(t.numel() for t in state_tensors(model))
         act = _activations_per_row(model, data.num_features)
         fixed = (4 * num_params + _ACT_COPIES * spec.batch_size * act) * _F32  # params, grad, buf, diff; acts
         slots = spec.epochs * (data.partition.sizes()[clients] // spec.batch_size + 1)  # [clients] ≥ batches
@@ -328,39 +257,31 @@ class VectorizedEngine:
         spec: LocalSpec,
         seed: int,
         round: int,
+        starts: torch.Tensor | None = None,
     ) -> CohortResult:
+        """As :meth:`fedloom.training.SequentialEngine.train` (``starts``: per-client start vectors)."""
         if not supports(model):
             raise ConfigError(
-                f"runtime.engine: vectorized cannot reproduce {type(model).__name__} (it has buffers such as "
-                "BatchNorm statistics, or dropout); use engine auto or sequential"
+                f"runtime.engine: vectorized cannot reproduce {type(model).__name__} (dropout, or buffers such as "
+                "BatchNorm statistics outside a Linear/BatchNorm1d/ReLU stack); use engine auto or sequential"
             )
-        n = torch.from_numpy(data.partition.sizes()[clients]).long()  # [clients]
-        per_epoch = (n + spec.batch_size - 1) // spec.batch_size
+        check_local(model, spec)
+        sizes = data.partition.sizes()[clients]
+        per_epoch = torch.from_numpy(steps_per_epoch(sizes, spec.batch_size, has_batchnorm(model)))  # [clients]
+        n = torch.from_numpy(sizes).long()  # [clients]
+        rows = torch.minimum(n, per_epoch * spec.batch_size) * spec.epochs  # [clients] rows trained on
         order = torch.argsort(per_epoch, descending=True, stable=True).tolist()  # most steps first
         diffs = torch.zeros(len(clients), global_vec.numel())  # [clients, params] in the caller's order
         loss_sum = torch.zeros(len(clients), dtype=torch.float64)
         done = 0
         for chunk in self.chunks(model, data, [clients[i] for i in order], spec):
             pos = torch.tensor(order[done : done + len(chunk)], dtype=torch.int64)
-            diffs[pos], loss_sum[pos] = _train_chunk(model, global_vec, data, chunk, spec, seed, round)
+            start = None if starts is None else starts[pos]
+            diffs[pos], loss_sum[pos] = _train_chunk(model, global_vec, data, chunk, spec, seed, round, start)
             done += len(chunk)
         return CohortResult(
             clients=list(clients),
             diffs=diffs,
             num_samples=n,
-            train_loss=(loss_sum / (n * spec.epochs).clamp_min(1)).float(),
+            train_loss=(loss_sum / rows.clamp_min(1)).float(),
         )
-
-
-class AutoEngine:
-    """``runtime.engine: auto``: the vectorized engine when :func:`supports` the model, else the sequential
-    reference. ``name`` tells which one ran last (``auto`` before any training)."""
-
-    def __init__(self, chunk: int | None = None):
-        self.vectorized, self.sequential = VectorizedEngine(chunk), SequentialEngine()
-        self.name = "auto"
-
-    def train(self, model: nn.Module, *args, **kwargs) -> CohortResult:
-        engine = self.vectorized if supports(model) else self.sequential
-        self.name = engine.name
-        return engine.train(model, *args, **kwargs)

@@ -3,6 +3,9 @@
 - ``fnn``: the seed's feed-forward net, Linear(features, h) → ReLU → … → Linear(h, classes); ``hidden``
   defaults to ``[3]``, i.e. Linear(4,3) → ReLU → Linear(3,3) on Iris.
 - ``mlp``: the same shape with wider defaults (``hidden`` ``[100]``).
+- ``mlp_bn``: ``mlp`` with a BatchNorm1d after every hidden Linear (Linear → BatchNorm1d → ReLU → … → Linear),
+  the small model with running statistics: they travel and are averaged with the parameters
+  (:mod:`fedloom.params`), or stay with each client under ``runtime.bn: fedbn`` (:mod:`fedloom.engines`).
 - ``logreg``: multinomial logistic regression, one Linear(features, classes).
 - ``cnn``: two 3×3 conv + 2×2 max-pool blocks (16 and 32 channels) and a linear head, for image data
   (``digits`` 8×8, ``mnist`` 28×28).
@@ -19,19 +22,20 @@ from .errors import ConfigError
 
 __all__ = ["build_model", "DEFAULT_HIDDEN"]
 
-DEFAULT_HIDDEN = {"fnn": [3], "mlp": [100]}
+DEFAULT_HIDDEN = {"fnn": [3], "mlp": [100], "mlp_bn": [100]}
 
 
 class FNN(nn.Sequential):
-    """Linear layers with ReLU between them: widths ``[features, *hidden, classes]``."""
+    """Linear layers with ReLU between them (and BatchNorm1d before each ReLU when ``batchnorm``):
+    widths ``[features, *hidden, classes]``."""
 
-    def __init__(self, features: int, hidden: list[int], classes: int):
+    def __init__(self, features: int, hidden: list[int], classes: int, batchnorm: bool = False):
         widths = [features, *hidden, classes]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 2:
-                layers.append(nn.ReLU())
+                layers += [nn.BatchNorm1d(b), nn.ReLU()] if batchnorm else [nn.ReLU()]
         super().__init__(*layers)
 
 
@@ -70,7 +74,7 @@ def _torchvision(name: str, image_shape: tuple[int, int, int] | None, classes: i
     except Exception:  # ImportError, or torchvision built for another torch
         raise ConfigError(
             f"model_name '{name}' is a torchvision model and torchvision is not usable here; "
-            "use fnn, mlp, cnn or logreg, or install a torchvision that matches your torch"
+            "use fnn, mlp, mlp_bn, cnn or logreg, or install a torchvision that matches your torch"
         ) from None
     if image_shape is None:
         raise ConfigError(f"model_name '{name}' needs image data (digits, mnist); this dataset is tabular")
@@ -92,10 +96,10 @@ def build_model(
     """A freshly initialized model; the same arguments and ``seed`` give the same weights."""
     with torch.random.fork_rng(devices=[]):  # initialize from `seed` without touching the global RNG
         torch.manual_seed(seed)
-        if name in ("fnn", "mlp"):
-            return FNN(features, hidden or DEFAULT_HIDDEN[name], classes)
+        if name in DEFAULT_HIDDEN:
+            return FNN(features, hidden or DEFAULT_HIDDEN[name], classes, batchnorm=name == "mlp_bn")
         if hidden is not None and name in ("logreg", "cnn"):
-            raise ConfigError(f"hidden applies to fnn and mlp only, not to model_name '{name}'")
+            raise ConfigError(f"hidden applies to fnn, mlp and mlp_bn only, not to model_name '{name}'")
         if name == "logreg":
             return nn.Linear(features, classes)
         if name == "cnn":

@@ -27,6 +27,7 @@ from .client import Client
 from .codecs import CodecContext
 from .config import Config
 from .data import FedData, load_data
+from .engines import make_engine
 from .models import build_model
 from .params import Layout, flatten
 from .round import Answer, Replies, Round, SecureServer
@@ -34,7 +35,7 @@ from .secure import make_keyholder, make_server_cipher
 from .secure.guard import GuardedKeyHolder
 from .secure.secagg import SecAggState, encrypt_update
 from .server import Server
-from .training import LocalSpec, make_engine
+from .training import LocalSpec
 
 __all__ = ["Federation", "LocalCohort", "RunResult", "run_federation"]
 
@@ -112,11 +113,15 @@ class LocalCohort:
         return payload
 
     def state_dict(self) -> dict:
-        """The clients' state that lives across rounds (error-feedback residuals)."""
-        return {"channel": self.fed.channel.state_dict()}
+        """The clients' state that lives across rounds: error-feedback residuals, FedBN's local BatchNorm."""
+        engine = self.fed.engine
+        local = engine.state_dict() if hasattr(engine, "state_dict") else {}
+        return {"channel": self.fed.channel.state_dict(), "engine": local}
 
     def load_state_dict(self, state: dict) -> None:
         self.fed.channel.load_state_dict(state.get("channel", {}))
+        if hasattr(self.fed.engine, "load_state_dict"):
+            self.fed.engine.load_state_dict(state.get("engine", {}))
 
 
 @dataclass
@@ -172,7 +177,7 @@ class Federation:
             )  # in process: no signatures (nothing travels), every other rule as on a deployed key holder
             secure = _ClientsSecure(guarded, holder.client_cipher(), w_ref)
             server_secure = SecureServer(server.cipher, w_ref, None, cfg.secure.min_summands)
-        engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk)
+        engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn)
         fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
         fed.cohort = LocalCohort(fed)
         fed.round = Round(cfg, server, channel, fed.cohort, server_secure)

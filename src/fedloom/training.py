@@ -8,6 +8,14 @@ same numbers for the same seed.
 Randomness: client ``c`` in round ``r`` shuffles its rows, epoch after epoch, with one
 ``torch.Generator`` seeded from ``(seed, r, c)`` (:func:`client_seed`), so the batch order does not
 depend on which engine runs or which other clients share the cohort.
+
+Model state: a client starts from the whole received state, BatchNorm running statistics included
+(:func:`fedloom.params.load_into`), so the scratch model shared by a cohort carries nothing from one
+client to the next; its diff covers the statistics too. Training-mode BatchNorm cannot normalize a batch
+of one row (PyTorch raises), so with BatchNorm a trailing one-row batch of an epoch is skipped, as
+``DataLoader(drop_last=True)`` would skip it; ``batch_size: 1`` is refused.
+
+Engines are built by :func:`fedloom.engines.make_engine`.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import FedData
+from .errors import ConfigError
 from .params import flatten, load_into
 
-__all__ = ["LocalSpec", "CohortResult", "SequentialEngine", "client_seed", "train_one", "make_engine"]
+__all__ = ["LocalSpec", "CohortResult", "SequentialEngine", "client_seed", "train_one", "has_batchnorm", "check_local"]
 
 _SHUFFLE_TAG = 2  # stream id of the batch-order RNG
 
@@ -51,26 +60,48 @@ def client_seed(seed: int, round: int, client: int, tag: int = _SHUFFLE_TAG) -> 
     return int(np.random.SeedSequence([seed, round, client, tag]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` normalizes with batch statistics in training mode (a one-row batch is undefined)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_local(model: nn.Module, spec: LocalSpec) -> None:
+    """Refuse settings the model cannot train with (one line, ConfigError)."""
+    if spec.batch_size == 1 and has_batchnorm(model):
+        raise ConfigError("batch_size 1 cannot train a model with BatchNorm (batch statistics of one row); use ≥ 2")
+
+
 def train_one(
-    model: nn.Module, global_vec: torch.Tensor, x: torch.Tensor, y: torch.Tensor, spec: LocalSpec, seed: int
+    model: nn.Module,
+    global_vec: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: LocalSpec,
+    seed: int,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Train ``model`` (overwritten with ``global_vec``) on ``x, y``; return ``(diff [params], mean loss)``."""
-    load_into(model, global_vec)
+    """Train ``model`` (overwritten with ``start``, default ``global_vec``) on ``x, y``; return
+    ``(diff [params] = local − global_vec, mean loss over the rows trained on)``."""
+    check_local(model, spec)
+    load_into(model, global_vec if start is None else start)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum)
     gen = torch.Generator().manual_seed(seed)
-    n = len(y)
-    total = 0.0
+    n, skip_single = len(y), has_batchnorm(model)
+    total, rows = 0.0, 0
     for _ in range(spec.epochs):
         perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, spec.batch_size):
-            idx = perm[start : start + spec.batch_size]
+        for first in range(0, n, spec.batch_size):
+            idx = perm[first : first + spec.batch_size]
+            if skip_single and len(idx) == 1:
+                continue  # BatchNorm cannot normalize one row (module docstring)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-    return flatten(model) - global_vec, total / max(1, n * spec.epochs)
+            rows += len(idx)
+    return flatten(model) - global_vec, total / max(1, rows)
 
 
 class SequentialEngine:
@@ -87,13 +118,17 @@ class SequentialEngine:
         spec: LocalSpec,
         seed: int,
         round: int,
+        starts: torch.Tensor | None = None,
     ) -> CohortResult:
-        work = copy.deepcopy(model)  # one scratch model for the whole cohort, not one per client
+        """Train ``clients`` from ``global_vec`` (or from row i of ``starts`` ``[clients, params]``: client
+        state such as FedBN's local BatchNorm); diffs are always ``local − global_vec``."""
+        work = copy.deepcopy(model)  # one scratch model for the whole cohort; load_into resets all its state
         diffs, sizes, losses = [], [], []
-        for c in clients:
+        for i, c in enumerate(clients):
             idx = data.client_indices(c)
+            start = None if starts is None else starts[i]
             diff, loss = train_one(
-                work, global_vec, data.x_train[idx], data.y_train[idx], spec, client_seed(seed, round, c)
+                work, global_vec, data.x_train[idx], data.y_train[idx], spec, client_seed(seed, round, c), start
             )
             diffs.append(diff)
             sizes.append(len(idx))
@@ -104,20 +139,3 @@ class SequentialEngine:
             num_samples=torch.tensor(sizes, dtype=torch.int64),
             train_loss=torch.tensor(losses, dtype=torch.float32),
         )
-
-
-def make_engine(name: str, chunk: int | None = None) -> object:
-    """The engine for ``runtime.engine`` (anything with :meth:`SequentialEngine.train`'s signature).
-
-    ``sequential`` or ``vectorized`` force one; ``auto`` trains vectorized whenever the model allows it
-    (:func:`fedloom.engine_vectorized.supports`), else sequential. ``chunk`` caps the clients the vectorized
-    engine trains together (default: sized from free memory)."""
-    if name == "sequential":
-        return SequentialEngine()
-    from .engine_vectorized import AutoEngine, VectorizedEngine  # late: that module builds on this one
-
-    if name == "vectorized":
-        return VectorizedEngine(chunk)
-    if name == "auto":
-        return AutoEngine(chunk)
-    raise ValueError(f"unknown engine '{name}'; known: auto, vectorized, sequential")

@@ -9,7 +9,7 @@ clients that sent each coordinate. See ``spec.py`` for the grammar and ``chain.p
 from fedloom.codecs.aggregate import aggregate_present, decode_batch
 from fedloom.codecs.base import Codec, CodecContext, Decoded, Sparsifier, ValueCodec
 from fedloom.codecs.chain import ChainCodec
-from fedloom.codecs.error_feedback import ErrorFeedback
+from fedloom.codecs.error_feedback import ErrorFeedback, check_error_feedback
 from fedloom.codecs.spec import ALLOWED, parse_codec
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Sparsifier",
     "ValueCodec",
     "aggregate_present",
+    "check_error_feedback",
     "decode_batch",
     "parse_codec",
 ]

@@ -12,8 +12,9 @@ from two kinds of parts (STYLE.md §4: one symmetric pipeline, encode left to ri
 then encodes only the kept values, grouped by the Layout tensor each value came from, so per-tensor
 scales keep their meaning after sparsification.
 
-Randomness: every draw comes from ``CodecContext.rng`` (seed, round, client, codec tag), so the server
-can regenerate any index set that does not travel, and no global RNG is touched (STYLE.md §9).
+Randomness: every draw comes from ``CodecContext.rng`` (seed, round, client, codec tag, and a direction word
+for the broadcast), so the server can regenerate any index set that does not travel, and no global RNG is
+touched (STYLE.md §9).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 
+_DOWN = 0x444F574E  # 'DOWN': the direction word of the broadcast's streams
+
+
 @dataclass(frozen=True)
 class CodecContext:
     """Everything a codec may depend on besides the vector: the Layout and who/when for seeding."""
@@ -48,6 +52,7 @@ class CodecContext:
     client_id: int
     round: int
     seed: int  # the run seed
+    down: bool = False  # the server's broadcast: its draws never coincide with any client's upload
 
     def __post_init__(self) -> None:
         # numpy SeedSequence rejects negative entropy; say which field is wrong instead.
@@ -59,7 +64,9 @@ class CodecContext:
     def rng(self, tag: int, *, per_round: bool = True) -> np.random.Generator:
         """A generator private to (seed, round, client, codec tag); ``per_round=False`` drops the round."""
         key = [self.seed, self.round, self.client_id, tag] if per_round else [self.seed, self.client_id, tag]
-        return np.random.default_rng(key)
+        # Upload keys stay as they were; the broadcast appends a direction word, so a q8 down codec and
+        # client 0's q8 upload (the broadcast's client_id is 0) draw independent coins.
+        return np.random.default_rng(key + [_DOWN] if self.down else key)
 
 
 @dataclass

@@ -3,8 +3,9 @@
 The book's client sorts its diff tensors by ``abs(torch.mean(diff))`` in descending order (Python's
 stable ``sorted``, so ties keep model order) and returns ``diff[:int(rate * len(diff))]``: it counts
 tensors, not parameters, and rounds *down* with ``int()``. fedloom keeps that rule but sends at least one
-tensor, where the book would send nothing for rate < 1 / tensors. (The book ranks every ``state_dict``
-entry, BatchNorm buffers included; the Layout holds parameters only.) The server averages each tensor
+tensor, where the book would send nothing for rate < 1 / tensors. Like the book, which ranks every ``state_dict``
+entry, the Layout's tensors include BatchNorm's running statistics (its integer ``num_batches_tracked``,
+which the book also ranks, does not travel; see :mod:`fedloom.params`). The server averages each tensor
 over the clients that sent it, so ``Decoded.present`` marks the sent tensors' coordinates.
 
 Side bytes: a bitmask over the Layout's tensors, ceil(tensors / 8) bytes. Values of the sent tensors

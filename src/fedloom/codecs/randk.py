@@ -4,9 +4,9 @@ Random-k sparsification (Stich et al. 2018, "Sparsified SGD with Memory", rand_k
 Wangni et al. 2018). The index set comes from ``ctx.rng`` (seed, round, client), so the server draws the
 same set and indices cost zero bytes; only the k values travel. Each coordinate is kept with probability
 k / params, so the decoder multiplies kept values by params / k to make E[decoded] = x (the unbiased
-variant; Stich et al.'s memory variant leaves them unscaled). Note that the scaled operator is not a
-contraction (E||C(x) - x||^2 = (params/k - 1) ||x||^2), so error feedback on top of it diverges when
-k < params / 2; use topk with ``ErrorFeedback``.
+variant; Stich et al.'s memory variant leaves them unscaled). The scaled operator is not a contraction
+(E||C(x) - x||^2 = (params/k - 1) ||x||^2), so error feedback on top of it diverges when k < params / 2:
+``ErrorFeedback`` refuses it (``randk:F+ef`` is a config error); use topk with error feedback.
 """
 
 from __future__ import annotations

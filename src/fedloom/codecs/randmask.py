@@ -5,7 +5,8 @@ upload (the book's ``diff[name] * self.mask[name]``); the server sums the masked
 included, with no rescaling (so, as in the book, the update shrinks by about prop in expectation).
 Unlike the book's unseeded ``torch.bernoulli``, the mask comes from ``ctx.rng`` seeded by (seed,
 client) but not the round, so it is fixed across rounds and the server regenerates it: only the kept
-values travel, no index bytes.
+values travel, no index bytes. Error feedback is refused on a lossy mask (``mask:P+ef``): the coordinates
+a client's mask drops are never sent, so their residual would only grow.
 """
 
 from __future__ import annotations

@@ -8,9 +8,13 @@ Methods (``partition.method``):
 - ``contiguous`` — the book's ch.3 slicing: client ``c`` gets rows ``[c·L, (c+1)·L)`` with
   ``L = N // no_models``; the last ``N mod no_models`` rows are unused, as in the book.
 - ``iid`` — shuffle, then split into shards whose sizes differ by at most one.
-- ``dirichlet`` — label skew (Hsu, Qi & Brown 2019, "Measuring the effects of non-identical data
-  distribution", §3): for each class, its rows are split among clients by proportions
-  ``p ~ Dir(alpha · 1)``; small ``alpha`` gives each client few classes.
+- ``dirichlet`` — label skew, "distribution-based label imbalance" (Li et al. 2022, "Federated learning on
+  non-IID data silos: an experimental study"; first in Yurochkin et al. 2019, "Bayesian nonparametric
+  federated learning of neural networks"): for each class, its rows are split among clients by proportions
+  ``p ~ Dir(alpha · 1)``; small ``alpha`` gives each client few classes. Client sizes come out *unequal*
+  (a client gets the sum of its shares of every class). Hsu, Qi & Brown 2019 ("Measuring the effects of
+  non-identical data distribution", §3) is a different scheme — each client draws its own class mix
+  ``q ~ Dir(alpha · p)`` over equal-size shards — and is not what this method does.
 - ``shards`` — label shards (McMahan et al. 2017, FedAvg paper §3, "pathological non-IID"): rows sorted by
   label, cut into ``no_models · shards_per_client`` equal shards, each client gets ``shards_per_client``.
 - ``quantity`` — size skew: client sizes are ``N · q`` with ``q ~ Dir(alpha · 1)`` (Li et al. 2022,

@@ -42,5 +42,7 @@ def check_deployable(cfg: Config) -> None:
     from .secure import deploy_refusal
 
     reason = deploy_refusal(cfg)
+    if cfg.runtime.bn == "fedbn":
+        reason = "runtime.bn: fedbn runs in the simulation only; a deployed client does not keep local BatchNorm yet"
     if reason:
         raise FedloomError(reason)

@@ -239,7 +239,7 @@ class ClientWorker:
         if not report.ok:
             return {**out, "reason": f"refused: {report.reason}"}
         t0 = time.perf_counter()
-        ctx = CodecContext(self.layout, _BROADCAST_ID, rnd, self.cfg.seed)
+        ctx = CodecContext(self.layout, _BROADCAST_ID, rnd, self.cfg.seed, down=True)
         try:
             global_vec = self.channel.down_codec.decode(req["payload"], ctx).values
         except Exception as e:  # noqa: BLE001 - a payload from the wire may be malformed in any way

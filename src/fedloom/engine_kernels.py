@@ -1,0 +1,193 @@
+"""Step kernels of the vectorized engine: one local SGD step's gradients for every client of a chunk at once.
+
+Parameters are stacked ``[clients, ...]``; a kernel fills the stacked gradients (and, for BatchNorm, updates
+the stacked running statistics) from a step's batches ``x [a, batch, features]``, labels ``y [a, batch, 1]``
+and row weights ``w [a, batch, 1]`` (``1/b`` on the ``b`` real rows of a client's batch, 0 on padding).
+
+- :class:`LinearKernel`: ``Linear ([BatchNorm1d] ReLU Linear)*`` (``fnn``, ``mlp``, ``mlp_bn``, ``logreg``),
+  forward and backward written out with ``baddbmm``/``bmm``. BatchNorm uses the statistics of the real rows
+  only (padding rows have weight 0), exactly as ``nn.BatchNorm1d`` on the unpadded batch.
+- :class:`VmapKernel`: any model without buffers or dropout, via ``torch.func.vmap(grad(loss))``.
+- :func:`sgd_`: ``torch.optim.SGD``'s update on the stacked tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from .training import LocalSpec
+
+__all__ = ["LinearKernel", "VmapKernel", "sgd_", "fast_stack"]
+
+_SOFTMAX_BY_HAND = 2048  # logits values from which the hand-written softmax beats log_softmax (measured)
+# Buffers start at 0 and every client starts at step 0, so "is_first_step=False" gives buf = g on step 1.
+_FUSED_SGD = getattr(torch, "_fused_sgd_", None)
+
+
+def _plain_bn(m: nn.Module) -> bool:
+    """A BatchNorm1d the hand-written kernel reproduces: affine, running statistics with a fixed momentum."""
+    return type(m) is nn.BatchNorm1d and m.affine and m.track_running_stats and m.momentum is not None
+
+
+def fast_stack(model: nn.Module) -> list[tuple[nn.Linear, nn.BatchNorm1d | None]] | None:
+    """``[(Linear, BatchNorm1d or None), ...]`` for ``Linear ([BatchNorm1d] ReLU Linear)*``, else None.
+
+    The BatchNorm of pair i (if any) sits between Linear i and its ReLU; the last pair has none."""
+    mods = [model] if isinstance(model, nn.Linear) else list(model) if isinstance(model, nn.Sequential) else []
+    out: list[tuple[nn.Linear, nn.BatchNorm1d | None]] = []
+    i = 0
+    while i < len(mods):
+        lin = mods[i]
+        if type(lin) is not nn.Linear or lin.bias is None:
+            return None
+        i += 1
+        if i == len(mods):
+            out.append((lin, None))
+            return out
+        bn = mods[i] if _plain_bn(mods[i]) else None
+        i += bn is not None
+        if i == len(mods) or type(mods[i]) is not nn.ReLU:
+            return None
+        out.append((lin, bn))
+        i += 1
+    return None  # ended with a ReLU (or empty): not a classifier head
+
+
+class LinearKernel:
+    """Gradients of a Linear/[BatchNorm1d]/ReLU stack, forward and backward written out with batched matmuls.
+
+    ``params``/``grads`` follow ``model.parameters()`` (per layer: weight ``[clients, out, in]``, bias
+    ``[clients, out]``, then, after a hidden Linear with BatchNorm, its γ and β ``[clients, out]``);
+    ``buffers`` follow the float buffers (per BatchNorm: running mean and variance ``[clients, out]``).
+    Loss per client: ``L = Σ_rows w·ce`` with ``w = 1/b`` on real rows, so ``dL/dz = (softmax(z) − onehot(y))·w``.
+    """
+
+    def __init__(
+        self, model: nn.Module, params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor],
+        batch: int,
+    ):  # fmt: skip
+        self.params, self.grads, self.buffers, self.batch = params, grads, buffers, batch
+        self.norms = [(bn.momentum, bn.eps) if bn is not None else None for _, bn in fast_stack(model)]
+
+    def views(self, a: int) -> tuple:
+        """Views for the first ``a`` clients (made once per active count, reused every step)."""
+        p, g, b = [t[:a] for t in self.params], [t[:a] for t in self.grads], [t[:a] for t in self.buffers]
+        layers, k, j = [], 0, 0
+        for norm in self.norms:
+            # weight [a, out, in], its transpose, bias [a, 1, out], and the two gradient buffers
+            layer = [p[k], p[k].transpose(1, 2), p[k + 1].unsqueeze(1), g[k], g[k + 1], None]
+            k += 2
+            if norm is not None:  # γ, β [a, out]; their gradients; running mean, var [a, out]; momentum, eps
+                layer[5] = (p[k], p[k + 1], g[k], g[k + 1], b[j], b[j + 1], *norm)
+                k, j = k + 2, j + 2
+            layers.append(layer)
+        return layers, torch.full((a, self.batch, 1), -1.0)  # the −onehot(y) scattered into softmax
+
+    def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
+        layers, minus_one = views
+        hs, saved = [x], []  # input of each layer [a, batch, in]; BatchNorm's (x̂, 1/σ) per hidden layer
+        for i, (_, wt, bias, _, _, bn) in enumerate(layers):
+            z = torch.baddbmm(bias, hs[-1], wt)  # [a, batch, out]
+            if i < len(layers) - 1:
+                if bn is not None:
+                    z, cache = _bn_forward(z, w, bn)
+                    saved.append(cache)
+                else:
+                    saved.append(None)
+                hs.append(z.relu_())
+        p = _softmax(z, y, logp_y)  # [a, batch, classes]
+        g = p.scatter_add_(2, y, minus_one).mul_(w)  # dL/dz = (p − onehot)·w, [a, batch, classes]
+        for i in reversed(range(len(layers))):
+            weight, _, _, g_weight, g_bias, _ = layers[i]
+            torch.bmm(g.transpose(1, 2), hs[i], out=g_weight)  # [a, out, in]
+            torch.sum(g, 1, out=g_bias)  # [a, out]
+            if i:  # back through Linear i, the ReLU before it, and that layer's BatchNorm
+                g = torch.ops.aten.threshold_backward(torch.bmm(g, weight), hs[i], 0)
+                if layers[i - 1][5] is not None:
+                    g = _bn_backward(g, w, layers[i - 1][5], saved[i - 1])
+
+
+def _softmax(z: torch.Tensor, y: torch.Tensor, logp_y: torch.Tensor) -> torch.Tensor:
+    """Softmax p of ``z``, and log p(label) (= −cross-entropy) into ``logp_y [a, batch, 1]``. CPU
+    log_softmax over a short last dimension is slow (~15 ns a value here, measured); by hand wins from ~2k."""
+    if z.numel() < _SOFTMAX_BY_HAND:
+        logp = z.log_softmax(2)  # [a, batch, classes]
+        torch.gather(logp, 2, y, out=logp_y)
+        return logp.exp_()
+    top = z.amax(2, keepdim=True)  # [a, batch, 1]
+    p = (z - top).exp_()
+    total = p.sum(2, keepdim=True)
+    torch.gather(z, 2, y, out=logp_y).sub_(top).sub_(total.log())
+    return p.div_(total)
+
+
+def _bn_forward(z: torch.Tensor, w: torch.Tensor, bn: tuple) -> tuple[torch.Tensor, tuple]:
+    """Training-mode BatchNorm over each client's real rows (``w = 1/b`` there, 0 on padding), and the
+    running-statistics update of ``nn.BatchNorm1d``: ``r ← (1 − m)·r + m·stat`` with the unbiased variance."""
+    gamma, beta, _, _, run_mean, run_var, momentum, eps = bn
+    mean = (z * w).sum(1, keepdim=True)  # [a, 1, out] over the real rows
+    d = z - mean
+    var = (d * d * w).sum(1, keepdim=True)  # [a, 1, out] biased, as the normalization uses
+    inv = (var + eps).rsqrt()
+    xhat = d.mul_(inv)  # [a, batch, out]
+    with torch.no_grad():
+        b = (w > 0).sum(1, keepdim=True).to(z.dtype)  # [a, 1, 1] real rows (≥ 2: one-row batches are skipped)
+        run_mean.mul_(1 - momentum).add_(mean.squeeze(1), alpha=momentum)
+        run_var.mul_(1 - momentum).add_((var * b / (b - 1)).squeeze(1), alpha=momentum)
+    return torch.addcmul(beta.unsqueeze(1), xhat, gamma.unsqueeze(1)), (xhat, inv)
+
+
+def _bn_backward(g: torch.Tensor, w: torch.Tensor, bn: tuple, cache: tuple) -> torch.Tensor:
+    """Gradients of γ, β (into their buffers) and of BatchNorm's input:
+    ``dz = (1/σ)·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`` with ``ĝ = γ·g``, means over real rows, 0 on padding rows."""
+    gamma, _, g_gamma, g_beta = bn[:4]
+    xhat, inv = cache
+    torch.sum(g * xhat, 1, out=g_gamma)  # [a, out]; g is 0 on padding rows
+    torch.sum(g, 1, out=g_beta)
+    gx = g * gamma.unsqueeze(1)  # [a, batch, out]
+    m1 = (gx * w).sum(1, keepdim=True)  # [a, 1, out]
+    m2 = (gx * xhat * w).sum(1, keepdim=True)
+    return (gx - m1 - xhat * m2).mul_(inv).mul_(w > 0)
+
+
+class VmapKernel:
+    """Gradients of any buffer-free model via ``vmap(grad(loss))`` over ``functional_call``."""
+
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], grads: list[torch.Tensor]):
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params, self.grads = params, grads
+
+        def loss(p: dict, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+            ce = F.cross_entropy(functional_call(model, p, (x,)), y.squeeze(1), reduction="none")  # [batch]
+            return (ce * w.squeeze(1)).sum(), -ce
+
+        self.per_client = vmap(grad(loss, has_aux=True))
+
+    def views(self, a: int) -> tuple:
+        return {n: p[:a] for n, p in zip(self.names, self.params)}, [g[:a] for g in self.grads]
+
+    def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
+        params, grads = views
+        g, neg_ce = self.per_client(params, x, y, w)
+        torch._foreach_copy_(grads, [g[n] for n in self.names])
+        logp_y.copy_(neg_ce.unsqueeze(2))
+
+
+def sgd_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], spec: LocalSpec):
+    """torch.optim.SGD's update on stacked tensors, in place: ``buf ← μ·buf + g; p ← p − lr·buf``.
+
+    Uses the fused kernel behind ``torch.optim.SGD(fused=True)`` (one pass over memory instead of three;
+    it may round the last bit differently, ~1e-8) when this torch has it."""
+    if _FUSED_SGD is not None:
+        bufs = bufs if spec.momentum else []  # the fused kernel wants no buffers without momentum
+        _FUSED_SGD(params, grads, bufs, weight_decay=0.0, momentum=spec.momentum, lr=spec.lr, dampening=0.0,
+                   nesterov=False, maximize=False, is_first_step=False)  # fmt: skip
+    elif spec.momentum:
+        torch._foreach_mul_(bufs, spec.momentum)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(params, bufs, alpha=-spec.lr)
+    else:
+        torch._foreach_add_(params, grads, alpha=-spec.lr)
