@@ -314,7 +314,8 @@ def test_coordinator_holds_no_secret_key(keys, tmp_path, monkeypatch):
 def test_remote_key_holder_not_answering_means_no_decryption(keys, tmp_path, monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedloom.flower.coordinator import Coordinator, KeyHolderUnavailable, RemoteKeyHolder
+    from fedloom.flower.cohort import KeyHolderUnavailable, RemoteKeyHolder
+    from fedloom.flower.coordinator import Coordinator
 
     for name in ("_task_id", "_run_id", "_node_id"):  # what a running ServerApp has set before making messages
         monkeypatch.setattr(TaskIdentity, name, 1)
