@@ -1,0 +1,89 @@
+"""Figures of the experiments: curves with mean ± std bands over seeds, and labels that do not overlap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..report import new_figure, save_figure
+
+__all__ = ["plot_band_curves", "band", "place_labels"]
+
+
+def _stack(runs: list[list[dict]], key: str) -> np.ndarray:
+    """[seeds, rounds] of ``key`` (missing values as NaN)."""
+    return np.array([[np.nan if r.get(key) is None else r[key] for r in rows] for rows in runs], dtype=np.float64)
+
+
+def band(ax, x, values: np.ndarray, label: str, color, ls: str = "-", marker: str | None = None) -> None:
+    """Mean line of ``values`` [seeds, points] and a shaded mean ± sample std band (no band for one seed)."""
+    mean = np.nanmean(values, axis=0)
+    ax.plot(x, mean, label=label, color=color, ls=ls, marker=marker, lw=1.4)
+    if values.shape[0] > 1:
+        std = np.nanstd(values, axis=0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+
+
+def plot_band_curves(series: dict[str, list[list[dict]]], path: Path, title: str, seeds: int) -> Path:
+    """Accuracy and loss per round; one line per named setting, its rows given per seed (metrics rows)."""
+    import matplotlib
+
+    many = len(series) > 6
+    fig, (ax_acc, ax_loss) = new_figure(1, 2, figsize=(14 if many else 11, 4.8))
+    cmap = matplotlib.colormaps["tab20" if len(series) > 10 else "tab10"]
+    styles = ("-", "--", ":", "-.")
+    for i, (label, runs) in enumerate(series.items()):
+        rounds = [r["round"] for r in runs[0]]
+        kw = {"color": cmap(i % cmap.N), "ls": styles[(i // 10) % len(styles)], "marker": None if many else "."}
+        band(ax_acc, rounds, _stack(runs, "accuracy"), label, **kw)
+        band(ax_loss, rounds, _stack(runs, "loss"), label, **kw)
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+    ax_acc.set(xlabel="round", ylabel="accuracy (eval set)", ylim=(0, 1.02), title=f"accuracy ({spread})")
+    ax_loss.set(xlabel="round", ylabel="mean cross-entropy (eval set)", title=f"loss ({spread})")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    if len(series) > 1:  # outside the axes: the legend never hides a curve
+        ax_loss.legend(fontsize=7 if many else 8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+_OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (5, -31)]
+
+
+def place_labels(ax, xs, ys, labels: list[str], fontsize: int = 7) -> None:
+    """Annotate points, trying offsets around each point until the label's box overlaps no earlier label.
+
+    Points and the legend are obstacles too. Greedy (points in the order given); falls back to the first
+    offset when every candidate collides.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()  # a renderer, so text extents are known
+    renderer = fig.canvas.get_renderer()
+    # obstacles: every point (a few pixels around it) and the legend
+    placed = [Bbox.from_extents(px - 4, py - 4, px + 4, py + 4) for px, py in ax.transData.transform(np.c_[xs, ys])]
+    if ax.get_legend() is not None:
+        placed.append(ax.get_legend().get_window_extent(renderer))
+    for x, y, text in zip(xs, ys, labels):
+        chosen = None
+        for dx, dy in _OFFSETS:
+            ann = ax.annotate(
+                text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                ha="left" if dx > 0 else "right",
+            )  # fmt: skip
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.15)
+            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and ax.get_window_extent(
+                renderer
+            ).contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(b) for b in placed):
+                chosen = (ann, box)
+                break
+            ann.remove()
+        if chosen is None:
+            dx, dy = _OFFSETS[0]
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize)
+            chosen = (ann, ann.get_window_extent(renderer))
+        placed.append(chosen[1])
