@@ -164,9 +164,10 @@ def _plot_tradeoff(rows: list[dict], path: Path, cfg: Config, seeds: int) -> Non
     ax.set_xscale("log")
     lo, hi = min(x(r) for r in rows), max(x(r) for r in rows)
     ax.set_xlim(lo / 3, hi * 3)  # room for labels left and right of the extreme points
-    accs = [y(r) for r in rows]
-    pad = max(0.02, (max(accs) - min(accs)) * 0.15)
-    ax.set_ylim(min(accs) - pad - max(r["accuracy_std"] or 0 for r in rows), min(1.0, max(accs)) + pad)
+    errs = [(r["accuracy_std"] or 0.0) if seeds > 1 else 0.0 for r in rows]
+    lo_y, hi_y = min(y(r) - e for r, e in zip(rows, errs)), max(y(r) + e for r, e in zip(rows, errs))
+    pad = max(0.02, (hi_y - lo_y) * 0.12)
+    ax.set_ylim(max(0.0, lo_y - pad), min(1.05, hi_y + pad))
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
     ax.set(
         xlabel="total upload bytes over the run (log scale)",
@@ -176,6 +177,9 @@ def _plot_tradeoff(rows: list[dict], path: Path, cfg: Config, seeds: int) -> Non
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()  # final layout first: labels are placed in screen space
-    order = sorted(rows, key=lambda r: -y(r))
-    place_labels(ax, [x(r) for r in order], [y(r) for r in order], [r["method"] for r in order])
+    order = sorted(range(len(rows)), key=lambda i: -y(rows[i]))
+    place_labels(
+        ax, [x(rows[i]) for i in order], [y(rows[i]) for i in order], [rows[i]["method"] for i in order],
+        yerr=[errs[i] for i in order],
+    )  # fmt: skip
     save_figure(fig, path)

@@ -52,11 +52,11 @@ def plot_band_curves(series: dict[str, list[list[dict]]], path: Path, title: str
 _OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (5, -31)]
 
 
-def place_labels(ax, xs, ys, labels: list[str], fontsize: int = 7) -> None:
+def place_labels(ax, xs, ys, labels: list[str], yerr=None, fontsize: int = 7) -> None:
     """Annotate points, trying offsets around each point until the label's box overlaps no earlier label.
 
-    Points and the legend are obstacles too. Greedy (points in the order given); falls back to the first
-    offset when every candidate collides.
+    Points, their error bars and the legend are obstacles too. Greedy (points in the order given); falls
+    back to the first offset when every candidate collides.
     """
     from matplotlib.transforms import Bbox
 
@@ -64,7 +64,12 @@ def place_labels(ax, xs, ys, labels: list[str], fontsize: int = 7) -> None:
     fig.canvas.draw()  # a renderer, so text extents are known
     renderer = fig.canvas.get_renderer()
     # obstacles: every point (a few pixels around it) and the legend
-    placed = [Bbox.from_extents(px - 4, py - 4, px + 4, py + 4) for px, py in ax.transData.transform(np.c_[xs, ys])]
+    err = np.zeros(len(xs)) if yerr is None else np.nan_to_num(np.asarray(yerr, dtype=np.float64))
+    lows = ax.transData.transform(np.c_[xs, np.asarray(ys) - err])
+    highs = ax.transData.transform(np.c_[xs, np.asarray(ys) + err])
+    placed = [  # each point with its error bar, a few pixels wide
+        Bbox.from_extents(lo[0] - 4, lo[1] - 4, hi[0] + 4, hi[1] + 4) for lo, hi in zip(lows, highs)
+    ]
     if ax.get_legend() is not None:
         placed.append(ax.get_legend().get_window_extent(renderer))
     for x, y, text in zip(xs, ys, labels):
