@@ -57,7 +57,7 @@ def merge_rows(rows: list[dict], keys: tuple[str, ...]) -> dict:
         if name in keys:
             continue
         values = [r.get(name) for r in rows]
-        if all(_is_number(v) for v in values) and any(v is not None for v in values):
+        if all(_is_number(v) for v in values):  # None: not measured (e.g. an extrapolated row's accuracy)
             out[f"{name}_mean"], out[f"{name}_std"] = mean_std(values)
             out[f"{name}_per_seed"] = values
         elif all(isinstance(v, list) for v in values):
