@@ -139,7 +139,7 @@ def _plot(results: list[dict], settings: list[dict], cfg: Config, seeds: int, pa
     for r in settings:
         if r["setting"] in colors:
             vals = np.array([[v, v] for v in r["accuracy_per_seed"]])  # [seeds, 2]: a flat line per seed
-            band(ax, xs, vals, _LABELS[r["setting"]](cfg.k, half), colors[r["setting"]], ls="--")
+            band(ax, xs, vals, _LABELS[r["setting"]](cfg.k, half), colors[r["setting"]], ls="--", bounds=(0.0, 1.0))
     ax.set_xticks(clients, [str(r["client"]) for r in results])
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
     ax.set(

@@ -16,13 +16,18 @@ def _stack(runs: list[list[dict]], key: str) -> np.ndarray:
     return np.array([[np.nan if r.get(key) is None else r[key] for r in rows] for rows in runs], dtype=np.float64)
 
 
-def band(ax, x, values: np.ndarray, label: str, color, ls: str = "-", marker: str | None = None) -> None:
-    """Mean line of ``values`` [seeds, points] and a shaded mean ± sample std band (no band for one seed)."""
+def band(
+    ax, x, values: np.ndarray, label: str, color, ls: str = "-", marker: str | None = None, bounds=(0.0, None)
+) -> None:
+    """Mean line of ``values`` [seeds, points] and a shaded mean ± sample std band (no band for one seed).
+
+    The band is clipped to ``bounds`` (accuracy lies in [0, 1], a loss is never negative)."""
     mean = np.nanmean(values, axis=0)
     ax.plot(x, mean, label=label, color=color, ls=ls, marker=marker, lw=1.4)
     if values.shape[0] > 1:
         std = np.nanstd(values, axis=0, ddof=1)
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+        lo, hi = bounds
+        ax.fill_between(x, np.clip(mean - std, lo, hi), np.clip(mean + std, lo, hi), color=color, alpha=0.18, lw=0)
 
 
 def plot_band_curves(series: dict[str, list[list[dict]]], path: Path, title: str, seeds: int) -> Path:
@@ -36,7 +41,7 @@ def plot_band_curves(series: dict[str, list[list[dict]]], path: Path, title: str
     for i, (label, runs) in enumerate(series.items()):
         rounds = [r["round"] for r in runs[0]]
         kw = {"color": cmap(i % cmap.N), "ls": styles[(i // 10) % len(styles)], "marker": None if many else "."}
-        band(ax_acc, rounds, _stack(runs, "accuracy"), label, **kw)
+        band(ax_acc, rounds, _stack(runs, "accuracy"), label, bounds=(0.0, 1.0), **kw)
         band(ax_loss, rounds, _stack(runs, "loss"), label, **kw)
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
     ax_acc.set(xlabel="round", ylabel="accuracy (eval set)", ylim=(0, 1.02), title=f"accuracy ({spread})")

@@ -91,7 +91,7 @@ def cell(row: dict, name: str) -> str:
 def _fmt(v: float) -> str:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
-    if abs(v) < 1e4 and float(v).is_integer():
+    if abs(v) < 1e7 and float(v).is_integer():  # counts (rows, steps, bytes) stay exact
         return str(int(v))
     if abs(v) <= 1:
         return f"{v:.4f}"
