@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedloom.cli import main
-from fedloom.config import Config, build_config, load_config
+from fedloom.config import build_config, load_config
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.experiments import compression, fl_vs_central, fl_vs_local, run_experiment
 from fedloom.experiments.common import derive
@@ -191,20 +191,26 @@ def test_derived_configs_are_validated():
 
 
 @pytest.mark.parametrize("name", ["fl-vs-central", "fl-vs-local", "compression", "he"])
-def test_experiments_never_copy_a_config_without_validation(monkeypatch, tmp_path, name):
-    """model_copy skips validation: every config an experiment runs is rebuilt through build_config."""
+def test_every_config_an_experiment_runs_was_validated(monkeypatch, tmp_path, name):
+    """main derived configs with model_copy, which skips validation; now each run's config comes from derive."""
+    from fedloom.experiments import common, he
 
-    def no_copy(self, *a, **k):
-        raise AssertionError("model_copy used: the derived config was not validated")
+    module = {"fl-vs-central": fl_vs_central, "fl-vs-local": fl_vs_local, "compression": compression, "he": he}[name]
+    derived, ran = set(), []
 
-    monkeypatch.setattr(Config, "model_copy", no_copy)
+    def spy_derive(*args):
+        cfg = common.derive(*args)
+        derived.add(id(cfg))
+        return cfg
+
+    real_run = module.run_with_progress
+    monkeypatch.setattr(module, "derive", spy_derive)
+    monkeypatch.setattr(module, "run_with_progress", lambda cfg, *a: ran.append(id(cfg)) or real_run(cfg, *a))
+    monkeypatch.setattr(he, "_has_tenseal", lambda: False)  # keep it fast
     weak = {"key_bits": 1024, "allow_weak_keys": True}
     cfg = build_config({"global_epochs": 1, "no_models": 3, "k": 2, "sweep": ["q8"], "secure": weak})
-    if name == "he":
-        from fedloom.experiments import he
-
-        monkeypatch.setattr(he, "_has_tenseal", lambda: False)  # keep it fast
     run_experiment(name, cfg, tmp_path)
+    assert ran and set(ran) <= derived
 
 
 def _spy_nothing_runs(monkeypatch, module):

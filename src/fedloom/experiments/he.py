@@ -200,6 +200,7 @@ def _plot(rows: list[dict], path: Path, cfg: Config, seeds: int) -> None:
         if not any(r[f"{key}_mean"] for _, key, _ in parts):
             ax_t.annotate("no encryption", (xi, 0.1), xycoords=("data", "axes fraction"), ha="center", fontsize=8)
     ax_t.set_yscale("log")
+    ax_t.set_xlim(-0.75, len(rows) - 0.4)  # room for the "no encryption" note inside the axes
     names = [r["method"] + (" (est.)" if "estimate" in (r.get("note") or "") else "") for r in rows]
     ax_t.set_xticks(x, names, fontsize=8)
     spread = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
