@@ -186,6 +186,6 @@ def _plot_tradeoff(rows: list[dict], path: Path, cfg: Config, seeds: int) -> Non
     order = sorted(range(len(rows)), key=lambda i: -y(rows[i]))
     place_labels(
         ax, [x(rows[i]) for i in order], [y(rows[i]) for i in order], [rows[i]["method"] for i in order],
-        yerr=[errs[i] for i in order],
+        yerr=[errs[i] for i in order], line=([x(r) for r in front], [y(r) for r in front]),
     )  # fmt: skip
     save_figure(fig, path)

@@ -54,46 +54,58 @@ def plot_band_curves(series: dict[str, list[list[dict]]], path: Path, title: str
     return save_figure(fig, path)
 
 
-_OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (5, -31)]
+# candidate label positions (points from the data point), nearest first; the far ones get a leader line
+_OFFSETS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (0, 8), (0, -16)] + [
+    (dx, dy) for dy in (18, -25, 30, -37, 42, -49) for dx in (8, -8, 30, -30)
+]
 
 
-def place_labels(ax, xs, ys, labels: list[str], yerr=None, fontsize: int = 7) -> None:
-    """Annotate points, trying offsets around each point until the label's box overlaps no earlier label.
-
-    Points, their error bars and the legend are obstacles too. Greedy (points in the order given); falls
-    back to the first offset when every candidate collides.
-    """
+def _obstacles(ax, renderer, xs, ys, yerr, line) -> list:
+    """Screen boxes labels must avoid: each point with its error bar, the polyline ``line``, the legend."""
     from matplotlib.transforms import Bbox
+
+    err = np.zeros(len(xs)) if yerr is None else np.nan_to_num(np.asarray(yerr, dtype=np.float64))
+    lows = ax.transData.transform(np.c_[xs, np.asarray(ys) - err])
+    highs = ax.transData.transform(np.c_[xs, np.asarray(ys) + err])
+    boxes = [Bbox.from_extents(lo[0] - 4, lo[1] - 4, hi[0] + 4, hi[1] + 4) for lo, hi in zip(lows, highs)]
+    if line is not None and len(line[0]) > 1:
+        pts = ax.transData.transform(np.c_[line[0], line[1]])  # [points, 2] in pixels
+        for a, b in zip(pts[:-1], pts[1:]):
+            for t in np.linspace(0, 1, max(2, int(np.hypot(*(b - a)) / 3))):  # a dot every ~3 px
+                px, py = a + t * (b - a)
+                boxes.append(Bbox.from_extents(px - 1, py - 1, px + 1, py + 1))
+    if ax.get_legend() is not None:
+        boxes.append(ax.get_legend().get_window_extent(renderer))
+    return boxes
+
+
+def place_labels(ax, xs, ys, labels: list[str], yerr=None, line=None, fontsize: int = 7) -> None:
+    """Annotate points, trying offsets around each point until the label's box overlaps nothing placed.
+
+    Points, their error bars, the polyline ``line`` ((xs, ys) in data units) and the legend are obstacles.
+    Greedy (points in the order given); a label placed away from its point gets a thin leader line; when
+    every candidate collides the first is used.
+    """
+    from matplotlib.text import Text
 
     fig = ax.figure
     fig.canvas.draw()  # a renderer, so text extents are known
     renderer = fig.canvas.get_renderer()
-    # obstacles: every point (a few pixels around it) and the legend
-    err = np.zeros(len(xs)) if yerr is None else np.nan_to_num(np.asarray(yerr, dtype=np.float64))
-    lows = ax.transData.transform(np.c_[xs, np.asarray(ys) - err])
-    highs = ax.transData.transform(np.c_[xs, np.asarray(ys) + err])
-    placed = [  # each point with its error bar, a few pixels wide
-        Bbox.from_extents(lo[0] - 4, lo[1] - 4, hi[0] + 4, hi[1] + 4) for lo, hi in zip(lows, highs)
-    ]
-    if ax.get_legend() is not None:
-        placed.append(ax.get_legend().get_window_extent(renderer))
+    placed = _obstacles(ax, renderer, xs, ys, yerr, line)
+    frame = ax.get_window_extent(renderer)
     for x, y, text in zip(xs, ys, labels):
-        chosen = None
-        for dx, dy in _OFFSETS:
+        for i, (dx, dy) in enumerate([*_OFFSETS, _OFFSETS[0]]):
+            far = abs(dy) > 16 or abs(dx) > 10
             ann = ax.annotate(
                 text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
-                ha="left" if dx > 0 else "right",
+                ha="left" if dx > 0 else "right" if dx < 0 else "center", va="center" if far else "baseline",
+                arrowprops={"arrowstyle": "-", "color": "#9e9e9e", "lw": 0.6, "shrinkA": 0, "shrinkB": 3}
+                if far else None,
             )  # fmt: skip
-            box = ann.get_window_extent(renderer).expanded(1.05, 1.15)
-            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and ax.get_window_extent(
-                renderer
-            ).contains(box.x1, box.y1)
-            if inside and not any(box.overlaps(b) for b in placed):
-                chosen = (ann, box)
+            ann.update_positions(renderer)  # an annotation's text is placed at draw time
+            box = Text.get_window_extent(ann, renderer).expanded(1.04, 1.1)  # the text alone, not its leader
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if i == len(_OFFSETS) or (inside and not any(box.overlaps(b) for b in placed)):
+                placed.append(box)
                 break
             ann.remove()
-        if chosen is None:
-            dx, dy = _OFFSETS[0]
-            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize)
-            chosen = (ann, ann.get_window_extent(renderer))
-        placed.append(chosen[1])
