@@ -2,7 +2,7 @@
 
     fedloom run -c CONF [--set key=value ...] [--out DIR]
     fedloom report DIR
-    fedloom experiment {fl-vs-central,fl-vs-local,compression,he} -c CONF [--set ...] [--out DIR]
+    fedloom experiment {fl-vs-central,fl-vs-local,compression,he} -c CONF [--set ...] [--seeds N] [--out DIR]
 
 Exit codes: 0 success, 2 bad usage/config/data (one line on stderr), 1 internal failure.
 """
@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="run one of the book's comparisons")
     exp.add_argument("name", choices=EXPERIMENTS)
     conf_args(exp)
+    exp.add_argument("--seeds", type=_positive_int, metavar="N", help="seeds seed..seed+N-1; rows report mean ± std")
     try:  # server, client, certs: the Flower runtime (flwr itself is imported only when one runs)
         from .flower.cli import add_parsers
     except ImportError:  # pragma: no cover - a broken optional package must not break `fedloom run`
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     else:
         add_parsers(sub)
     return p
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
 
 
 class _Progress:
@@ -214,10 +221,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .experiments import run_experiment
     from .runs import default_out_dir
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"seeds={args.seeds}"] if args.seeds else []))
     out = Path(args.out) if args.out else default_out_dir(f"{cfg.name}-{args.name}")
     with _Progress(args.quiet) as progress:
-        run_experiment(args.name, cfg, out, progress)
+        run_experiment(args.name, cfg, out, progress, overwrite=getattr(args, "overwrite", False))
     if not args.quiet:
         from rich.console import Console
 

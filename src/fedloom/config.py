@@ -201,6 +201,9 @@ class Config(_Section):
     lambda_: float | None = Field(None, alias="lambda", gt=0, description="server step: G += lambda*sum(diff)")
     # --- fedloom's own ---
     seed: int = Field(0, ge=0)
+    seeds: int = Field(
+        1, ge=1, le=1000, description="experiments: run seeds seed, seed+1, …, seed+seeds−1 and report mean ± std"
+    )
     hidden: list[int] | None = None
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     data: DataConfig | None = None

@@ -18,7 +18,8 @@ import numpy as np
 from ..config import Config
 from ..data import load_data
 from ..report import new_figure, save_figure
-from .common import run_with_progress, write_outputs
+from .common import derive, refuse, run_with_progress, write_outputs
+from .seeds import cell, merge_seeds, seed_list
 
 __all__ = ["run", "METHODS"]
 
@@ -27,30 +28,73 @@ _FULL_RUN_BUDGET = 120.0  # seconds: longer per-value runs are extrapolated from
 _SAMPLE = 100  # values timed for the per-value estimate
 
 
-def run(cfg: Config, out: Path, progress=None) -> dict:
-    data = load_data(cfg)
-    base = cfg.model_copy(update={"rate": None, "prop": None, "sweep": None})
+def _check(cfg: Config) -> None:
+    """Settings that secure aggregation cannot take, refused before anything runs (one line naming the key)."""
+    if cfg.upload_codec != "none":
+        key = "rate" if cfg.rate is not None else "prop" if cfg.prop is not None else "compression.up"
+        refuse(
+            "he",
+            f"{key} sets the upload codec '{cfg.upload_codec}', but secure aggregation adds uncompressed updates "
+            f"(a codec would change only the plaintext row); remove {key}",
+        )
+    if cfg.aggregator != "mean":
+        refuse("he", f"aggregator '{cfg.aggregator}' is not linear: secure aggregation can only add; use mean")
+    if cfg.secure.protocol != "secagg":
+        refuse(
+            "he",
+            f"secure.protocol '{cfg.secure.protocol}' is the book's 15.4 (run it with `fedloom run`); "
+            "this experiment compares secure aggregation (secure.protocol: secagg)",
+        )
+
+
+def _plans(cfg: Config, methods: list[str]) -> list[list[Config]]:
+    """[seeds][methods] configs, validated before anything runs."""
+    return [
+        [
+            derive(cfg, {"seed": s, "seeds": 1, "sweep": None, "secure": {"method": m}}, f"he ({m}, seed {s})")
+            for m in methods
+        ]
+        for s in seed_list(cfg)
+    ]
+
+
+def _one_seed(configs: list[Config], progress, estimate: bool | None) -> tuple[list[dict], bool | None]:
+    """One seed's rows; ``estimate`` (None: decide now) says whether per-value Paillier is extrapolated."""
+    data = load_data(configs[0])
     rows = []
-    for method in METHODS:
-        if method == "ckks" and not _has_tenseal():
-            rows.append({"method": method, "note": "skipped: TenSEAL not installed (pip install 'fedloom[he]')"})
-            continue
-        mcfg = base.model_copy(update={"secure": base.secure.model_copy(update={"method": method})})
-        if method == "paillier-per-value" and (est := _per_value_estimate(mcfg, data)) is not None:
-            rows.append(est)
-            continue
-        res = run_with_progress(mcfg, data, progress, method)
+    for mcfg in configs:
+        method = mcfg.secure.method
+        if method == "paillier-per-value":
+            est = _per_value_estimate(mcfg, data, force=estimate)
+            estimate = est is not None
+            if est is not None:
+                rows.append(est)
+                continue
+        res = run_with_progress(mcfg, data, progress, f"{method}, seed {mcfg.seed}")
         rows.append(_row(method, res.summary, mcfg))
     fp32 = rows[0]["bytes_up_per_round"]
     for r in rows:
-        if "bytes_up_per_round" in r:
-            r["expansion"] = r["bytes_up_per_round"] / fp32
-            r["bytes_per_value"] = r["bytes_up_per_round"] / (cfg.k * rows[0]["num_params"])
+        r["expansion"] = r["bytes_up_per_round"] / fp32
+        r["bytes_per_value"] = r["bytes_up_per_round"] / (configs[0].k * rows[0]["num_params"])
+    return rows, estimate
+
+
+def run(cfg: Config, out: Path, progress=None) -> dict:
+    _check(cfg)
+    seeds = seed_list(cfg)
+    skipped = [] if _has_tenseal() else ["ckks"]
+    methods = [m for m in METHODS if m not in skipped]
+    plans = _plans(cfg, methods)
+    per_seed, estimate = [], None
+    for configs in plans:
+        rows, estimate = _one_seed(configs, progress, estimate)  # the first seed decides run or estimate
+        per_seed.append(rows)
+    rows = merge_seeds(per_seed, ("method", "num_params"))
+    rows += [{"method": m, "note": "skipped: TenSEAL not installed (pip install 'fedloom[he]')"} for m in skipped]
     out.mkdir(parents=True, exist_ok=True)
-    _plot([r for r in rows if "bytes_up_per_round" in r], out / "figures" / "he_costs.png", cfg)
-    summary = {"experiment": "he", "seed": cfg.seed, "config": cfg.to_dict(), "results": rows}
-    columns = [
-        "method",
+    _plot([r for r in rows if "bytes_up_per_round_mean" in r], out / "figures" / "he_costs.png", cfg, len(seeds))
+    summary = {"experiment": "he", "seed": cfg.seed, "seeds": seeds, "config": cfg.to_dict(), "results": rows}
+    numbers = [
         "accuracy",
         "client_s_per_round",
         "server_s_per_round",
@@ -58,14 +102,17 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "bytes_up_per_round",
         "bytes_per_value",
         "expansion",
-        "note",
     ]
+    table = [{"method": r["method"], **{n: cell(r, n) for n in numbers}, "note": r.get("note", "")} for r in rows]
+    spread = f"mean ± sample std over seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {cfg.seed}"
     notes = (
         f"{cfg.type}, {cfg.model_name}, {rows[0]['num_params']} parameters, k={cfg.k}, {cfg.global_epochs} rounds, "
-        f"Paillier {cfg.secure.key_bits} bits (packed: {cfg.secure.bits}-bit slots, clip ±{cfg.secure.clip}). "
+        f"{spread}, Paillier {cfg.secure.key_bits} bits "
+        f"(packed: {cfg.secure.bits}-bit slots, clip ±{cfg.secure.clip}). "
         "client = one client's encryption per round; server = adding ciphertexts; decrypt = the key holder."
     )
-    return write_outputs(out, summary, rows, columns, "Homomorphic encryption in FL: cost per round", notes)
+    title = "Homomorphic encryption in FL: cost per round"
+    return write_outputs(out, summary, table, ["method", *numbers, "note"], title, notes)
 
 
 def _has_tenseal() -> bool:
@@ -92,8 +139,12 @@ def _row(method: str, s: dict, cfg: Config, note: str = "") -> dict:
     }
 
 
-def _per_value_estimate(cfg: Config, data) -> dict | None:
-    """Time encrypt/add/decrypt on a sample; None when the full run fits the budget (then it is run)."""
+def _per_value_estimate(cfg: Config, data, force: bool | None = None) -> dict | None:
+    """Time encrypt/add/decrypt on a sample; None when the full run fits the budget (then it is run).
+
+    ``force`` True/False overrides the budget (every seed follows the first seed's choice)."""
+    if force is False:
+        return None
     from ..secure import make_keyholder, make_server_cipher
 
     holder = make_keyholder(cfg.secure, cfg.k)
@@ -117,7 +168,7 @@ def _per_value_estimate(cfg: Config, data) -> dict | None:
     )
     scale = (params + 1) / (_SAMPLE + 1)  # +1: the weight ciphertext
     enc, add, dec = (t1 - t0) / cfg.k * scale, (t2 - t1) * scale, (t3 - t2) * scale
-    if (enc * cfg.k + add + dec) * cfg.global_epochs <= _FULL_RUN_BUDGET:
+    if force is None and (enc * cfg.k + add + dec) * cfg.global_epochs <= _FULL_RUN_BUDGET:
         return None
     return {
         "method": cfg.secure.method,
@@ -132,36 +183,47 @@ def _per_value_estimate(cfg: Config, data) -> dict | None:
     }
 
 
-def _plot(rows: list[dict], path: Path, cfg: Config) -> None:
-    fig, (ax_t, ax_b) = new_figure(1, 2, figsize=(11, 4.3))
+def _plot(rows: list[dict], path: Path, cfg: Config, seeds: int) -> None:
+    """Time per round by role and upload bytes; error bars are ± the sample std over seeds."""
+    fig, (ax_t, ax_b) = new_figure(1, 2, figsize=(12, 4.6))
     x = np.arange(len(rows))
     parts = [
         ("client encrypt", "client_s_per_round", "#1565c0"),
         ("server add", "server_s_per_round", "#ef6c00"),
         ("key holder decrypt", "decrypt_s_per_round", "#2e7d32"),
     ]
+    err = lambda r, key: (r[f"{key}_std"] or 0.0) if seeds > 1 else 0.0  # noqa: E731
     for i, (label, key, color) in enumerate(parts):
-        vals = [r[key] if r[key] else float("nan") for r in rows]  # no bar where nothing is encrypted
-        ax_t.bar(x + (i - 1) * 0.27, vals, 0.27, label=label, color=color)
+        vals = [r[f"{key}_mean"] or float("nan") for r in rows]  # no bar where nothing is encrypted
+        ax_t.bar(x + (i - 1) * 0.27, vals, 0.27, yerr=[err(r, key) for r in rows], capsize=2, label=label, color=color)
     for xi, r in zip(x, rows):
-        if not any(r[key] for _, key, _ in parts):
+        if not any(r[f"{key}_mean"] for _, key, _ in parts):
             ax_t.annotate("no encryption", (xi, 0.1), xycoords=("data", "axes fraction"), ha="center", fontsize=8)
     ax_t.set_yscale("log")
-    ax_t.set_xticks(x, [r["method"] + (" (est.)" if "estimate" in (r["note"] or "") else "") for r in rows], fontsize=8)
-    ax_t.set(ylabel="seconds per round (log)", title="time per round by role")
+    ax_t.set_xlim(-0.75, len(rows) - 0.4)  # room for the "no encryption" note inside the axes
+    names = [r["method"] + (" (est.)" if "estimate" in (r.get("note") or "") else "") for r in rows]
+    ax_t.set_xticks(x, names, fontsize=8)
+    spread = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
+    ax_t.set(ylabel="seconds per round (log)", title=f"time per round by role{spread}")
     ax_t.legend(fontsize=8)
-    ax_b.bar(x, [r["bytes_up_per_round"] for r in rows], color="#6a1b9a")
+    ax_b.bar(
+        x,
+        [r["bytes_up_per_round_mean"] for r in rows],
+        yerr=[err(r, "bytes_up_per_round") for r in rows],
+        capsize=2,
+        color="#6a1b9a",
+    )
     for xi, r in zip(x, rows):
         ax_b.annotate(
-            f"{r['expansion']:.1f}×",
-            (xi, r["bytes_up_per_round"]),
+            f"{r['expansion_mean']:.1f}×",
+            (xi, r["bytes_up_per_round_mean"]),
             ha="center",
             fontsize=8,
             xytext=(0, 3),
             textcoords="offset points",
         )
     ax_b.set_yscale("log")
-    ax_b.set_xticks(x, [r["method"] for r in rows], fontsize=8)
+    ax_b.set_xticks(x, names, fontsize=8)
     ax_b.set(ylabel="upload bytes per round (log)", title="upload per round (× fp32)")
     for ax in (ax_t, ax_b):
         ax.grid(axis="y", alpha=0.3, which="both")
