@@ -98,6 +98,9 @@ class Round:
         self.cfg, self.server, self.channel, self.cohort, self.secure = cfg, server, channel, cohort, secure
         self.clipped = 0  # values clipped by the clients' packing so far (secure aggregation)
         self.log = None  # optional callable(str) for lines worth a log (the Flower server's)
+        # more numbers for each row, computed after evaluation (e.g. a backdoor's success, a privacy budget):
+        # callables (round, row so far) -> dict of extra fields
+        self.extras: list = []
 
     # --- the round --------------------------------------------------------------------------------
     def __call__(self, rnd: int) -> dict:
@@ -122,7 +125,7 @@ class Round:
         for a in kept or []:
             server.record_joined(a.client, rnd)
         acc, loss = server.evaluate()
-        return {
+        row = {
             "round": rnd,
             "accuracy": acc,
             "loss": loss,
@@ -136,6 +139,9 @@ class Round:
             **replies.row,
             **extra,
         }
+        for more in self.extras:
+            row |= more(rnd, row)
+        return row
 
     def _admissible(self, answers: list[Answer], cohort: list[int], failed: dict[int, str]) -> list[Answer]:
         """Answers from this round's cohort, one per client, with a sample count in ``1..declared``."""
