@@ -206,3 +206,25 @@ def test_fp32_payload_helper_is_the_identity_codec():
     payload = _fp32_payload(np.arange(fed.num_params, dtype=np.float64))
     assert len(payload) == 4 * fed.num_params + 2
     assert struct.unpack("<f", payload[-4:])[0] == fed.num_params - 1
+
+
+def test_resume_with_fedbn_carries_each_clients_batchnorm():
+    """FedBN's per-client BatchNorm lives with the simulated clients: it is in the checkpoint too."""
+    raw = {"type": "digits", "model_name": "mlp_bn", "hidden": [8], "no_models": 4, "k": 2, "global_epochs": 4}
+    cfg = build_config({**raw, "local_epochs": 1, "batch_size": 32, "runtime": {"bn": "fedbn"}})
+    whole = Federation.build(cfg)
+    run_federation(whole)
+    fed = Federation.build(cfg)
+    for r in range(1, 3):
+        fed.run_round(r)
+    state = fed.state_dict(2)
+    assert state["clients"]["engine"]  # each trained client's BatchNorm entries
+    again = Federation.build(cfg)
+    again.load_state_dict(state)
+    run_federation(again, start_round=3)
+    assert torch.equal(whole.server.global_vec, again.server.global_vec)
+    state["clients"]["engine"] = {}
+    lost = Federation.build(cfg)
+    lost.load_state_dict(state)
+    run_federation(lost, start_round=3)
+    assert not torch.equal(whole.server.global_vec, lost.server.global_vec)
