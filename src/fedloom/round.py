@@ -271,11 +271,14 @@ class Round:
         """The server side of a checkpoint after round ``rnd`` (tensors and plain values only)."""
         import json
 
+        agg = self.server.aggregator
         return {
             "round": rnd,
             "global": self.server.global_vec.clone(),
             "health": json.dumps(self.server.health_table()),
             "clipped": self.clipped,
+            # a server step with state across rounds (a server optimizer's moments) checkpoints it here
+            "aggregator": agg.state_dict() if hasattr(agg, "state_dict") else {},
         }
 
     def load_state_dict(self, state: dict) -> int:
@@ -285,6 +288,8 @@ class Round:
         self.server.global_vec = state["global"].clone()
         self.server.load_health(json.loads(state["health"]))
         self.clipped = int(state.get("clipped", 0))
+        if hasattr(self.server.aggregator, "load_state_dict"):
+            self.server.aggregator.load_state_dict(state.get("aggregator", {}))
         return int(state["round"])
 
 
