@@ -51,6 +51,14 @@ class Backoff:
         return delay
 
 
+def _check_refused(log: Path, key: Path | None) -> None:
+    """A server that refuses this client's key (401 from its proxy) will not change its mind: exit 2."""
+    text = log.read_text(encoding="utf-8", errors="replace")[-4000:] if log.is_file() else ""
+    if "401" in text and ("Unauthorized" in text or "unauthorized" in text):
+        what = f"the key {key}" if key is not None else "no client key (use --key FILE)"
+        raise FedloomError(f"the server refused this client's authentication: {what} is not registered there")
+
+
 def _logger(cid: int, quiet: bool) -> Callable[[str], None]:
     def log(line: str) -> None:
         if not quiet:
@@ -60,20 +68,33 @@ def _logger(cid: int, quiet: bool) -> Callable[[str], None]:
 
 
 def join(
-    cfg: Config, server: str, client_id: int, data: str | None, root_cert: Path | None, quiet: bool = False
+    cfg: Config,
+    server: str,
+    client_id: int,
+    data: str | None,
+    root_cert: Path | None,
+    quiet: bool = False,
+    key: Path | None = None,
 ) -> int:
-    """Serve as client ``client_id`` of the federation at ``server`` until it finishes; returns the exit code."""
+    """Serve as client ``client_id`` of the federation at ``server`` until it finishes; returns the exit code.
+
+    ``key``: this client's private key: Flower's SuperNode authentication signs every request with it, and
+    the worker signs its hello (``identity.py``)."""
     require_flwr()
     check_deployable(cfg)
     parse_address(server, "--server")
     if root_cert is not None and not root_cert.is_file():
         raise FedloomError(f"--root-cert {root_cert}: file not found (the server's ca.pem from `fedloom certs`)")
+    from .identity import load_private_key
+
+    private = load_private_key(key) if key is not None else None
     from .client_app import make_client_app
     from .executor import InProcessExecutor
     from .worker import ClientWorker
 
     log = _logger(client_id, quiet)
     worker = ClientWorker(cfg, client_id, data, log)
+    worker.key = private
     log(f"{worker.client.num_samples} rows, batch size {worker.spec.batch_size}, config hash {worker.hash}")
     if worker.secure is not None:
         role = "key holder (decrypts aggregates only)" if worker.key_holder else "public key only"
@@ -100,7 +121,7 @@ def join(
     backoff = Backoff()
     try:
         while True:
-            node = start_process(supernode_command(server, port, root_cert), env, work / "supernode.log")
+            node = start_process(supernode_command(server, port, root_cert, key), env, work / "supernode.log")
             started = last_note = time.monotonic()
             log(f"connecting to {server}")
             while node.poll() is None:
@@ -115,6 +136,7 @@ def join(
                     log(f"no message from the server for {now - worker.last_message:.0f} s; still waiting")
                     last_note = now
                 time.sleep(0.1)
+            _check_refused(work / "supernode.log", key)
             delay = backoff.next(time.monotonic() - started)
             code = node.returncode
             log(f"lost the connection to {server} (SuperNode exited with code {code}); retrying in {delay:.0f} s")

@@ -48,7 +48,8 @@ from ..params import Layout, flatten
 from ..secure.secagg import SecAggState, encrypt_update
 from ..simulation import _SECURE_TAG  # the stream id of the packing's stochastic rounding
 from ..training import LocalSpec
-from .fingerprint import config_diff, config_hash, federation_dict
+from . import identity
+from .fingerprint import config_hash, federation_dict
 from .secure import MIN_SUMMANDS, load_client_side
 
 __all__ = ["ClientWorker", "ResourceRefusal", "adapt_batch_size"]
@@ -85,6 +86,7 @@ class ClientWorker:
         self.lock = threading.Lock()
         self.accepted = False
         self.refused = ""  # set when the server's config differs: the process exits 2 after answering
+        self.key = None  # this client's private key (``--key``): signs its hello
         self.finished = threading.Event()
         self.last_message = time.monotonic()
         self.rounds_trained = 0
@@ -186,17 +188,16 @@ class ClientWorker:
             "need_mb": float(r.need_mb),
             "key_holder": self.key_holder,
             "key_fingerprint": self.key_fingerprint,
+            "federation_json": "",
         }
-        if req["config_hash"] != self.hash:
-            try:
-                theirs = federation_dict(json.loads(req["config_json"]))
-            except (ValueError, TypeError):
-                theirs = {}
-            diff = "; ".join(config_diff(federation_dict(self.cfg), theirs)) or "the configs differ"
+        claim = identity.hello_statement(req["nonce"], req["node_id"], self.id, self.hash)
+        out["signature"] = identity.sign(self.key, claim) if self.key is not None else b""
+        if req["config_hash"] != self.hash:  # the server sends no config: it names the fields in its log
             self.refused = (
                 f"the server runs a different federation config (hash {req['config_hash']} there, "
-                f"{self.hash} here): {diff}"
+                f"{self.hash} here); the server's log names the differing fields"
             )
+            out["federation_json"] = json.dumps(federation_dict(self.cfg))
             return {**out, "ok": False, "reason": f"client refuses: {self.refused}"}
         if req["key_fingerprint"] != self.key_fingerprint:
             self.refused = (
