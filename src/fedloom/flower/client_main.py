@@ -51,12 +51,29 @@ class Backoff:
         return delay
 
 
-def _check_refused(log: Path, key: Path | None) -> None:
-    """A server that refuses this client's key (401 from its proxy) will not change its mind: exit 2."""
-    text = log.read_text(encoding="utf-8", errors="replace")[-4000:] if log.is_file() else ""
-    if "401" in text and ("Unauthorized" in text or "unauthorized" in text):
-        what = f"the key {key}" if key is not None else "no client key (use --key FILE)"
-        raise FedloomError(f"the server refused this client's authentication: {what} is not registered there")
+def _check_refused(server: str, root_cert: Path | None, public_b64: str | None) -> None:
+    """Exit 2 when the server's proxy refuses this client's key: it will not change its mind, and a
+    refused SuperNode only retries quietly. One request with the key as Flower sends it (no body needed:
+    the proxy checks the key first)."""
+    if root_cert is None:  # without TLS the server authenticates nobody
+        return
+    import ssl
+
+    import httpx
+
+    headers = {"flwr-public-key": public_b64} if public_b64 else {}
+    try:
+        r = httpx.post(
+            f"https://{server}/v1/fleet/activate-node",
+            headers=headers,
+            content=b"",
+            verify=ssl.create_default_context(cafile=str(root_cert)),
+            timeout=10,
+        )
+    except httpx.HTTPError:
+        return  # not reachable now: the SuperNode will say so and retry
+    if r.status_code == 401 and r.text.startswith("unauthorized: this client"):
+        raise FedloomError(f"the server refused this client's authentication: {r.text.strip()[14:]}")
 
 
 def _logger(cid: int, quiet: bool) -> Callable[[str], None]:
@@ -85,9 +102,10 @@ def join(
     parse_address(server, "--server")
     if root_cert is not None and not root_cert.is_file():
         raise FedloomError(f"--root-cert {root_cert}: file not found (the server's ca.pem from `fedloom certs`)")
-    from .identity import load_private_key
+    from .identity import b64_public_pem, load_private_key
 
     private = load_private_key(key) if key is not None else None
+    public_b64 = b64_public_pem(private.public_key()) if private is not None else None
     from .client_app import make_client_app
     from .executor import InProcessExecutor
     from .worker import ClientWorker
@@ -121,6 +139,7 @@ def join(
     backoff = Backoff()
     try:
         while True:
+            _check_refused(server, root_cert, public_b64)
             node = start_process(supernode_command(server, port, root_cert, key), env, work / "supernode.log")
             started = last_note = time.monotonic()
             log(f"connecting to {server}")
@@ -136,7 +155,6 @@ def join(
                     log(f"no message from the server for {now - worker.last_message:.0f} s; still waiting")
                     last_note = now
                 time.sleep(0.1)
-            _check_refused(work / "supernode.log", key)
             delay = backoff.next(time.monotonic() - started)
             code = node.returncode
             log(f"lost the connection to {server} (SuperNode exited with code {code}); retrying in {delay:.0f} s")

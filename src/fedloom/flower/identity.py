@@ -49,6 +49,7 @@ __all__ = [
     "sign",
     "verify",
     "write_private_file",
+    "b64_public_pem",
 ]
 
 REGISTRY_FILE = "clients.json"
