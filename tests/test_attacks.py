@@ -233,3 +233,38 @@ def test_impostor_and_unregistered_nodes_are_refused_and_named(tmp_path):
         assert "registered for client 1" in reasons and "not in the server's client registry" in reasons
         assert not summary["health"].get("0", {}).get("connected")
         assert impostor.alive()  # never admitted, never told the run is over: the fixture ends it
+
+
+def test_key_holders_are_named_by_the_config_not_by_the_client(tmp_path, monkeypatch):
+    """A client that says it holds the secret key is asked to decrypt only if secure.key_holders names it."""
+    from flwr.app import Message
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedloom.config import build_config
+    from fedloom.errors import ConfigError
+    from fedloom.flower.coordinator import Coordinator
+    from fedloom.flower.protocol import pack
+
+    for name in ("_task_id", "_run_id", "_node_id"):  # what a running ServerApp has set before making messages
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    keys = tmp_path / "keys"
+    assert main(["keygen", str(keys), "--key-bits", "1024", "--allow-weak-keys"]) == 0
+    (keys / "paillier_secret.json").unlink()  # the server's copy: public key only
+    secure = {"method": "paillier", "key_bits": 1024, "allow_weak_keys": True, "key_dir": str(keys)}
+    cfg = build_config({**SMALL, "secure": {**secure, "key_holders": [1]}})
+    lines = []
+    coord = Coordinator({"config": cfg.to_dict(), "out": str(tmp_path / "out")}, None, lines.append)
+    for node, cid in [(10, 0), (11, 1)]:  # both say "key holder"
+        coord.book.hello_pending[f"m{node}"] = (node, time.monotonic())
+        fields = {
+            "config_hash": coord.hash, "client_id": cid, "ok": True, "reason": "", "num_samples": 40,
+            "batch_size": 10, "cpus": 1, "free_mb": 100.0, "need_mb": 1.0, "key_holder": True,
+            "key_fingerprint": coord.secure.fingerprint, "signature": b"", "federation_json": "",
+        }  # fmt: skip
+        coord._on_hello(
+            f"m{node}", Message(pack("hello", fields, reply=True), dst_node_id=node, message_type="query.hello")
+        )
+    assert coord.key_holders() == [(1, 11)]
+    assert any("client 0 says it holds the secret key but is not in secure.key_holders" in line for line in lines)
+    with pytest.raises(ConfigError, match="secure.key_holders"):
+        build_config({**SMALL, "secure": {**secure, "key_holders": [3]}})  # no_models is 3: ids 0..2
