@@ -212,15 +212,9 @@ def serve(
     link = proxy = None
     try:
         link, link_port, link_tls, registry, nodes = _start_link(work, env, tls, out)
-        job = {
-            "config": cfg.to_dict(),
-            "out": str(out),
-            "resume": resume,
-            "status": str(status),
-            "startup_wait": startup_wait,
-            "refusals_file": str(work / "refused.jsonl"),
-        }
-        if registry is not None:
+        job = {"config": cfg.to_dict(), "out": str(out), "resume": resume, "status": str(status)}
+        job |= {"startup_wait": startup_wait, "refusals_file": str(work / "refused.jsonl")}
+        if registry is not None:  # who may join as which client, for the ServerApp's admission checks
             job["auth"] = {"clients": registry.texts(), "nodes": nodes}
         write_json(work / "job.json", job)
         app_dir = write_app(work / "app", cfg.name, work / "job.json")
