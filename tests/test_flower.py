@@ -422,6 +422,10 @@ def test_cli_refusals(tmp_path, capsys):
     ca = str(tmp_path / "nokeys" / "ca.pem")
     assert main(["client", "-c", str(conf), "--server", "127.0.0.1:1", "--client-id", "0", "--root-cert", ca]) == 2
     assert "--root-cert needs --key" in capsys.readouterr().err
+    assert (
+        main(["client", "-c", str(conf), "--server", "127.0.0.1:1", "--client-id", "0", "--insecure", "--key", ca]) == 2
+    )
+    assert "--key needs --root-cert" in capsys.readouterr().err
     loose = tmp_path / "loose.key"
     loose.write_text("x", encoding="utf-8")
     args = ["--client-id", "0", "--root-cert", ca, "--key", str(loose)]

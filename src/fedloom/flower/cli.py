@@ -82,6 +82,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     root = None if args.insecure else Path(args.root_cert)
     if root is not None and args.key is None:
         raise FedloomError("--root-cert needs --key FILE: this client's key (clients/<id>.key of `fedloom certs`)")
+    if root is None and args.key is not None:
+        raise FedloomError("--key needs --root-cert: an --insecure server authenticates no client")
     key = Path(args.key) if args.key else None
     return join(cfg, args.server, args.client_id, args.data, root, args.quiet, key)
 
