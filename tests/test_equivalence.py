@@ -27,10 +27,10 @@ BASE = {
 }  # fmt: skip
 
 
-def _deployed(tmp_path, raw: dict, holder_dir=None) -> tuple[list[dict], torch.Tensor]:
+def _deployed(tmp_path, raw: dict, holder_dir=None, tls_dir=None) -> tuple[list[dict], torch.Tensor]:
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps(raw), encoding="utf-8")
-    with LocalFederation(conf, tmp_path / "fed") as fed:
+    with LocalFederation(conf, tmp_path / "fed", tls_dir=tls_dir) as fed:
         server = fed.server()
         extra = [("--set", f"secure.key_dir={holder_dir}")] if holder_dir else []
         clients = [fed.client(i, *(extra[0] if i == 0 and extra else ())) for i in range(3)]
@@ -48,8 +48,8 @@ def _simulated(raw: dict) -> tuple[list[dict], torch.Tensor]:
     return result.rows, result.global_vec
 
 
-def _identical(tmp_path, raw: dict, sim_raw: dict | None = None, holder_dir=None) -> None:
-    rows, vec = _deployed(tmp_path, raw, holder_dir)
+def _identical(tmp_path, raw: dict, sim_raw: dict | None = None, holder_dir=None, tls_dir=None) -> None:
+    rows, vec = _deployed(tmp_path, raw, holder_dir, tls_dir)
     ref_rows, ref_vec = _simulated(sim_raw or raw)
     assert len(rows) == len(ref_rows) == raw["global_epochs"]
     for mine, ref in zip(rows, ref_rows, strict=True):
@@ -74,7 +74,9 @@ def test_packed_paillier_deployed_equals_simulated(tmp_path):
     assert main(["keygen", str(keys / "holder"), "--key-bits", "1024", "--allow-weak-keys"]) == 0
     (keys / "public").mkdir()
     (keys / "public" / "paillier_public.json").write_bytes((keys / "holder" / "paillier_public.json").read_bytes())
+    assert main(["certs", str(keys / "tls"), "--clients", "3"]) == 0  # signed contributions need client keys
+    (keys / "holder" / "clients.json").write_bytes((keys / "tls" / "clients.json").read_bytes())
     secure = {"method": "paillier", "key_bits": 1024, "allow_weak_keys": True, "clip": 2.0, "weight_ref": 40.0}
     raw = {**BASE, "secure": {**secure, "key_dir": str(keys / "public")}}
     sim = {**BASE, "secure": {**secure, "key_dir": str(keys / "holder")}}
-    _identical(tmp_path, raw, sim, holder_dir=keys / "holder")
+    _identical(tmp_path, raw, sim, holder_dir=keys / "holder", tls_dir=keys / "tls")

@@ -146,6 +146,9 @@ class SecureConfig(_Section):
     min_summands: int = Field(
         2, ge=1, description="fewest client updates an aggregate must hold before the key holder decrypts it"
     )
+    key_holders: list[int] = Field(
+        [0], min_length=1, description="over Flower: the client ids the server may ask to decrypt (not self-declared)"
+    )
 
     @model_validator(mode="after")
     def _strength(self) -> SecureConfig:
@@ -292,6 +295,9 @@ class Config(_Section):
             if sec.protocol == "encrypted-model":
                 raise ValueError("secure.protocol encrypted-model needs secure.method: paillier")
             return
+        bad = [c for c in sec.key_holders if not 0 <= c < self.no_models]
+        if bad:
+            raise ValueError(f"secure.key_holders {bad}: client ids are 0..{self.no_models - 1}")
         if self.aggregator != "mean":
             raise ValueError(
                 f"aggregator '{self.aggregator}' is not linear: secure aggregation can only add updates; use mean"

@@ -4,7 +4,9 @@
 (``server_app.py``, round loop in ``coordinator.py``) runs the simulation's own Server, Channel, aggregators
 and codecs; ``fedloom client`` starts a SuperNode and runs the ClientApp in its own warm process
 (``executor.py``, ``worker.py``). ``protocol.py`` is what travels; ``launch.py`` starts and stops the Flower
-pieces; ``certs.py`` makes a test CA. Only this package imports flwr; importing it alone does not.
+pieces; ``proxy.py`` is the public address (Flower's Fleet API only; the SuperLink listens on loopback);
+``identity.py`` holds the client keys and signatures; ``certs.py`` makes a test CA and client keys. Only this
+package imports flwr; importing it alone does not.
 """
 
 from __future__ import annotations

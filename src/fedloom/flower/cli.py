@@ -1,8 +1,8 @@
 """The ``fedloom server``, ``fedloom client`` and ``fedloom certs`` commands.
 
     fedloom server -c CONF --address HOST:PORT --out DIR (--insecure | --tls-dir DIR) [--resume]
-    fedloom client -c CONF --server HOST:PORT --client-id I [--data FILE] (--insecure | --root-cert FILE)
-    fedloom certs DIR [--host NAME ...] [--days N]
+    fedloom client -c CONF --server HOST:PORT --client-id I [--data FILE] (--insecure | --root-cert FILE --key FILE)
+    fedloom certs DIR [--clients N] [--host NAME ...] [--days N]
 
 ``add_parsers`` registers them on ``fedloom``'s sub-parsers, each with ``handler`` set to its function.
 Nothing here imports flwr until a command runs.
@@ -29,7 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--out", help="output directory (default runs/<name>-<time>)")
     mode = srv.add_mutually_exclusive_group(required=True)
     mode.add_argument("--insecure", action="store_true", help="no TLS (trusted networks and tests only)")
-    mode.add_argument("--tls-dir", metavar="DIR", help="ca.pem, server.pem and server.key (see `fedloom certs`)")
+    mode.add_argument(
+        "--tls-dir", metavar="DIR", help="ca.pem, server.pem, server.key and clients.json (see `fedloom certs`)"
+    )
     srv.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     srv.add_argument(
         "--wait",
@@ -48,10 +50,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mode = cli.add_mutually_exclusive_group(required=True)
     mode.add_argument("--insecure", action="store_true", help="no TLS (the server must run --insecure too)")
     mode.add_argument("--root-cert", metavar="FILE", help="the CA certificate that signed the server's (ca.pem)")
+    cli.add_argument("--key", metavar="FILE", help="this client's private key (clients/<id>.key of `fedloom certs`)")
     cli.set_defaults(handler=cmd_client)
 
-    crt = sub.add_parser("certs", help="make a test CA and a server certificate for TLS")
-    crt.add_argument("dir", help="directory to write ca.pem, ca.key, server.pem, server.key into")
+    crt = sub.add_parser("certs", help="make a test CA, a server certificate for TLS and client keys")
+    crt.add_argument("dir", help="directory to write ca.pem, server.pem, server.key, ca/ca.key (and client keys) into")
+    crt.add_argument("--clients", type=int, default=0, metavar="N", help="also write keys for clients 0..N-1")
     crt.add_argument("--host", action="append", default=[], help="a name or IP clients use to reach the server")
     crt.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
     crt.set_defaults(handler=cmd_certs)
@@ -71,18 +75,30 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_client(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..errors import FedloomError
     from .client_main import join
 
     cfg = load_config(args.config, args.set)
     root = None if args.insecure else Path(args.root_cert)
-    return join(cfg, args.server, args.client_id, args.data, root, args.quiet)
+    if root is not None and args.key is None:
+        raise FedloomError("--root-cert needs --key FILE: this client's key (clients/<id>.key of `fedloom certs`)")
+    if root is None and args.key is not None:
+        raise FedloomError("--key needs --root-cert: an --insecure server authenticates no client")
+    key = Path(args.key) if args.key else None
+    return join(cfg, args.server, args.client_id, args.data, root, args.quiet, key)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
     from .certs import make_certs
 
-    paths = make_certs(args.dir, args.host, args.days)
+    paths = make_certs(args.dir, args.host, args.days, args.clients)
     for role, p in paths.items():
-        print(f"{role:>7}: {p}")
-    print(f"server: fedloom server ... --tls-dir {args.dir}    clients: fedloom client ... --root-cert {paths['ca']}")
+        print(f"{role:>11}: {p}")
+    registry = ", clients.json" if args.clients else ""
+    print(f"server machine: {paths['ca']}, {paths['cert']}, {paths['key']}{registry}")
+    print(f"  fedloom server ... --tls-dir DIR    (never copy {paths['ca_key']} there: keep it offline)")
+    print(f"client i: {paths['ca']} and clients/<i>.key")
+    print("  fedloom client ... --client-id i --root-cert ca.pem --key <i>.key")
+    if not args.clients:
+        print("note: no client keys (--clients N): `fedloom server --tls-dir` needs them")
     return 0

@@ -51,6 +51,31 @@ class Backoff:
         return delay
 
 
+def _check_refused(server: str, root_cert: Path | None, public_b64: str | None) -> None:
+    """Exit 2 when the server's proxy refuses this client's key: it will not change its mind, and a
+    refused SuperNode only retries quietly. One request with the key as Flower sends it (no body needed:
+    the proxy checks the key first)."""
+    if root_cert is None:  # without TLS the server authenticates nobody
+        return
+    import ssl
+
+    import httpx
+
+    headers = {"flwr-public-key": public_b64} if public_b64 else {}
+    try:
+        r = httpx.post(
+            f"https://{server}/v1/fleet/activate-node",
+            headers=headers,
+            content=b"",
+            verify=ssl.create_default_context(cafile=str(root_cert)),
+            timeout=10,
+        )
+    except httpx.HTTPError:
+        return  # not reachable now: the SuperNode will say so and retry
+    if r.status_code == 401 and r.text.startswith("unauthorized: this client"):
+        raise FedloomError(f"the server refused this client's authentication: {r.text.strip()[14:]}")
+
+
 def _logger(cid: int, quiet: bool) -> Callable[[str], None]:
     def log(line: str) -> None:
         if not quiet:
@@ -59,21 +84,57 @@ def _logger(cid: int, quiet: bool) -> Callable[[str], None]:
     return log
 
 
+def _secure_identity(worker, cfg: Config) -> None:
+    """Secure aggregation needs signed contributions (``secure/guard.py``): every client signs with its key, and
+    a key holder verifies them against the registry the operator gave it in ``secure.key_dir``."""
+    from .identity import REGISTRY_FILE, Registry
+
+    if worker.key is None:
+        raise FedloomError(
+            "secure aggregation over Flower needs --key (and --root-cert): the key holder decrypts only "
+            "contributions signed by registered clients (`fedloom certs DIR --clients N` writes the keys)"
+        )
+    if worker.key_holder:
+        path = Path(cfg.secure.key_dir) / REGISTRY_FILE
+        if not path.is_file():
+            raise FedloomError(
+                f"key holder: no {path}; copy {REGISTRY_FILE} from `fedloom certs DIR --clients N` into "
+                "secure.key_dir: a key holder decrypts only what it can verify"
+            )
+        worker.registry = Registry.load(path)
+
+
 def join(
-    cfg: Config, server: str, client_id: int, data: str | None, root_cert: Path | None, quiet: bool = False
+    cfg: Config,
+    server: str,
+    client_id: int,
+    data: str | None,
+    root_cert: Path | None,
+    quiet: bool = False,
+    key: Path | None = None,
 ) -> int:
-    """Serve as client ``client_id`` of the federation at ``server`` until it finishes; returns the exit code."""
+    """Serve as client ``client_id`` of the federation at ``server`` until it finishes; returns the exit code.
+
+    ``key``: this client's private key: Flower's SuperNode authentication signs every request with it, and
+    the worker signs its hello (``identity.py``)."""
     require_flwr()
     check_deployable(cfg)
     parse_address(server, "--server")
     if root_cert is not None and not root_cert.is_file():
         raise FedloomError(f"--root-cert {root_cert}: file not found (the server's ca.pem from `fedloom certs`)")
+    from .identity import b64_public_pem, load_private_key
+
+    private = load_private_key(key) if key is not None else None
+    public_b64 = b64_public_pem(private.public_key()) if private is not None else None
     from .client_app import make_client_app
     from .executor import InProcessExecutor
     from .worker import ClientWorker
 
     log = _logger(client_id, quiet)
     worker = ClientWorker(cfg, client_id, data, log)
+    worker.key = private
+    if worker.secure is not None:
+        _secure_identity(worker, cfg)
     log(f"{worker.client.num_samples} rows, batch size {worker.spec.batch_size}, config hash {worker.hash}")
     if worker.secure is not None:
         role = "key holder (decrypts aggregates only)" if worker.key_holder else "public key only"
@@ -100,7 +161,8 @@ def join(
     backoff = Backoff()
     try:
         while True:
-            node = start_process(supernode_command(server, port, root_cert), env, work / "supernode.log")
+            _check_refused(server, root_cert, public_b64)
+            node = start_process(supernode_command(server, port, root_cert, key), env, work / "supernode.log")
             started = last_note = time.monotonic()
             log(f"connecting to {server}")
             while node.poll() is None:

@@ -27,8 +27,8 @@ from ..round import Round, SecureServer
 from ..runs import RunDir, load_checkpoint, write_json
 from ..simulation import Federation, weight_ref
 from .cohort import RemoteCohort
-from .fingerprint import config_hash
-from .nodes import NodeBook
+from .fingerprint import config_hash, federation_dict
+from .nodes import Admission, NodeBook
 from .protocol import MESSAGE_TYPES, ProtocolError, pack, unpack
 from .secure import load_server_side
 
@@ -75,13 +75,14 @@ class Coordinator:
                 )
         self.round = Round(cfg, self.server, self.channel, RemoteCohort(self), server_secure)
         self.round.log = log
-        self.hash, self.cfg_json = config_hash(cfg), json.dumps(cfg.to_dict())
+        self.hash = config_hash(cfg)
         self.out = Path(job["out"])
         self.poll = float(job.get("poll", 0.05))
         self.startup_wait = float(job.get("startup_wait", 120.0))
         self.finish_wait = float(job.get("finish_wait", 15.0))
         self.timeout = cfg.runtime.round_timeout
-        self.book = NodeBook()
+        self.book = NodeBook(external_refusals=job.get("refusals_file"))
+        self.admission = Admission.from_job(job, federation_dict(cfg))  # client keys; none with --insecure
         self.rows: list[dict] = []
         self.start_round, self.wall_before, self.resumed_at = 1, 0.0, []
         self.t_start = time.perf_counter()
@@ -121,11 +122,10 @@ class Coordinator:
             greet = self.book.to_greet(self._online, now, _REGREET_AFTER)
             if greet:
                 fields = {
-                    "config_json": self.cfg_json,
                     "classes": list(self.fed.data.classes),
                     "key_fingerprint": self.secure.fingerprint if self.secure else "",
                 }
-                msgs = [self._message("hello", n, fields, _HELLO_TTL) for n in greet]
+                msgs = [self._message("hello", n, fields | self.admission.greeting(n), _HELLO_TTL) for n in greet]
                 for n, mid in zip(greet, self.grid.push_messages(msgs)):
                     self.book.hello_sent[n] = now
                     if mid:
@@ -142,12 +142,17 @@ class Coordinator:
                 raise ProtocolError(f"error {msg.error.code}: {msg.error.reason}")
             f = unpack("hello", msg.content, reply=True)
             cid = f["client_id"]
+            if why := self.admission.check(node, f):  # before anything it says is believed
+                raise ProtocolError(why)
             if not f["ok"]:
-                raise ProtocolError(f["reason"])
+                raise ProtocolError(f["reason"] + self.admission.config_note(f))
             if f["config_hash"] != self.hash:
                 raise ProtocolError(f"config hash {f['config_hash']} differs from the server's {self.hash}")
             if not 0 <= cid < self.cfg.no_models:
                 raise ProtocolError(f"client id {cid} is not in 0..{self.cfg.no_models - 1}")
+            cap = self.cfg.runtime.max_client_samples
+            if not 1 <= f["num_samples"] <= cap:
+                raise ProtocolError(f"declares {f['num_samples']} rows: 1..{cap} (runtime.max_client_samples)")
             mine = self.secure.fingerprint if self.secure else ""
             if f["key_fingerprint"] != mine:
                 raise ProtocolError(
@@ -160,7 +165,10 @@ class Coordinator:
             return
         old = self.book.admit(node, cid)
         self.declared[cid] = f["num_samples"]
-        self.holders[cid] = bool(f["key_holder"]) and self.secure is not None
+        named = cid in self.cfg.secure.key_holders  # the config names key holders; a client cannot
+        self.holders[cid] = bool(f["key_holder"]) and self.secure is not None and named
+        if f["key_holder"] and self.secure is not None and not named:
+            self.log(f"client {cid} says it holds the secret key but is not in secure.key_holders: never asked")
         self.log(
             f"client {cid} connected (node {node}; {f['num_samples']} rows, batch {f['batch_size']}, "
             f"{f['cpus']} CPUs, {f['free_mb']:.0f} MB free"

@@ -1,5 +1,9 @@
 """Starting and stopping the Flower pieces, and the Flower app fedloom generates (the user never writes one).
 
+flwr's tools are looked up next to the running Python first (its environment's ``bin/``), and every child
+runs with that ``bin/`` first on ``PATH``: the SuperLink starts ``flower-superexec`` by name, so ``fedloom
+server`` works from a virtual environment that was never activated (or a pipx install).
+
 Every flwr process gets ``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1`` (both default to
 contacting Flower's servers) and a private ``FLWR_HOME``, so the user's ``~/.flwr`` is never touched. On Linux
 each child is asked to receive SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a crashed ``fedloom``
@@ -37,6 +41,7 @@ __all__ = [
     "superlink_command",
     "supernode_command",
     "flwr_tool",
+    "bin_dir",
     "APP_PACKAGE",
 ]
 
@@ -48,24 +53,46 @@ _SUPEREXEC_POLL = "0.05"
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """The files ``fedloom certs`` writes: the CA certificate and the server's certificate and key."""
+    """What the server reads of ``fedloom certs DIR``: the CA certificate, its certificate and key, and the
+    client registry (``registry``; None for the SuperLink's own loopback certificate)."""
 
     ca: Path
     cert: Path
     key: Path
+    registry: Path | None = None
 
     @classmethod
-    def from_dir(cls, d: str | Path) -> TlsFiles:
+    def from_dir(cls, d: str | Path, registry: bool = True) -> TlsFiles:
         d = Path(d)
-        files = cls(d / "ca.pem", d / "server.pem", d / "server.key")
+        files = cls(d / "ca.pem", d / "server.pem", d / "server.key", d / "clients.json" if registry else None)
         missing = [p.name for p in (files.ca, files.cert, files.key) if not p.is_file()]
         if missing:
             raise FedloomError(f"--tls-dir {d}: missing {', '.join(missing)}; make them with `fedloom certs {d}`")
+        if registry and not files.registry.is_file():
+            raise FedloomError(
+                f"--tls-dir {d}: no clients.json (the keys of the clients the server admits); make client keys "
+                f"with `fedloom certs {d} --clients N`"
+            )
         return files
+
+    def private_keys_nearby(self) -> list[str]:
+        """Private keys in the server's folder that the server does not need (the CA's, the clients')."""
+        d = self.ca.parent
+        found = [d / "ca.key", d / "ca" / "ca.key", *sorted((d / "clients").glob("*.key"))]
+        return [str(p.relative_to(d)) for p in found if p.is_file()]
+
+
+def bin_dir() -> Path:
+    """The ``bin/`` of the environment this Python runs in: where flwr's console scripts are.
+
+    Not resolved: a venv's ``bin/python`` is a link to the base interpreter, whose directory is not the venv's."""
+    return Path(sys.executable).parent
 
 
 def flower_env(home: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    path = env.get("PATH", "")
+    env["PATH"] = os.pathsep.join([str(bin_dir()), *(p for p in path.split(os.pathsep) if p)])
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
@@ -137,7 +164,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def flwr_tool(name: str) -> str:
     """The path of a flwr console script, next to this Python first (the same environment)."""
-    here = Path(sys.executable).parent / name
+    here = bin_dir() / name
     found = str(here) if here.exists() else shutil.which(name)
     if not found:
         raise FedloomError(f"'{name}' not found: install Flower with pip install 'fedloom[flower]'")
@@ -173,21 +200,25 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
         proc.wait()
 
 
-def superlink_command(host: str, port: int, tls: TlsFiles | None) -> list[str]:
+def superlink_command(port: int, tls: TlsFiles | None, node_auth: bool = False) -> list[str]:
+    """A SuperLink on ``127.0.0.1:port`` (behind ``proxy.py``). ``tls``: its loopback certificate, needed with
+    ``node_auth`` (flwr refuses ``--enable-supernode-auth`` without TLS)."""
     cmd = [
         flwr_tool("flower-superlink"),
         "--host",
-        host,
+        "127.0.0.1",
         "--port",
         str(port),
         "--disable-runtime-dependency-installation",
     ]
+    if node_auth:
+        cmd.append("--enable-supernode-auth")
     if tls is None:
         return [*cmd, "--insecure"]
     return [*cmd, "--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
 
 
-def supernode_command(server: str, runtime_port: int, root_cert: Path | None) -> list[str]:
+def supernode_command(server: str, runtime_port: int, root_cert: Path | None, key: Path | None = None) -> list[str]:
     """A SuperNode whose ClientApp runs outside it, in the ``fedloom client`` process (``executor.py``)."""
     cmd = [
         flwr_tool("flower-supernode"),
@@ -200,6 +231,8 @@ def supernode_command(server: str, runtime_port: int, root_cert: Path | None) ->
         "--port",
         str(runtime_port),
     ]
+    if key is not None:  # Flower's SuperNode authentication: every Fleet request signed with this key
+        cmd += ["--auth-supernode-private-key", str(key)]
     return [*cmd, "--insecure"] if root_cert is None else [*cmd, "--root-certificates", str(root_cert)]
 
 

@@ -81,8 +81,19 @@ class LocalFederation:
         args = ["server", "-c", str(self.config), "--address", self.address, "--out", str(self.out), *mode]
         return self._start("server", [*args, *(["--resume"] if resume else []), *extra])
 
-    def client(self, cid: int, *extra: str, config: str | Path | None = None, name: str | None = None) -> LocalProcess:
-        mode = ["--insecure"] if self.tls_dir is None else ["--root-cert", str(self.tls_dir / "ca.pem")]
+    def client(
+        self,
+        cid: int,
+        *extra: str,
+        config: str | Path | None = None,
+        name: str | None = None,
+        key: str | Path | None = None,
+    ) -> LocalProcess:
+        """Client ``cid``; with TLS it signs with ``key`` (default: its own key, ``clients/<cid>.key``)."""
+        mode = ["--insecure"]
+        if self.tls_dir is not None:
+            key = key or self.tls_dir / "clients" / f"{cid}.key"
+            mode = ["--root-cert", str(self.tls_dir / "ca.pem"), "--key", str(key)]
         cfg = str(config or self.config)
         return self._start(
             name or f"client{cid}",

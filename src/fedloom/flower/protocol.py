@@ -8,10 +8,13 @@ plain scalars.
 
 Kinds and Flower message types:
 
-- ``hello`` (``query.hello``): the server introduces its federation (config hash and resolved config, class
-  names, the fingerprint of its public key under secure aggregation, else ""); the client answers with its
-  id, its own hash, whether it accepts, its resource report, its public-key fingerprint and whether it holds
-  the secret key (``key_holder``).
+- ``hello`` (``query.hello``): the server introduces its federation by its config hash only (never the
+  config itself: no paths of the server travel), the class names, the fingerprint of its public key under
+  secure aggregation (else ""), and a fresh ``nonce`` with the ``node_id`` it greets; the client answers with
+  its id, its own hash, whether it accepts, its resource report, its public-key fingerprint, whether it holds
+  the secret key (``key_holder``), its ``signature`` of (nonce, node id, client id, config hash) with its
+  client key (``identity.py``; empty without one) and, when it refuses a different config, its own
+  ``federation_json`` (its config minus per-machine fields) so that the server's log can name the fields.
 - ``train`` (``train``): round number and the broadcast payload of the global model; the client answers with
   its codec payload of ``local − global`` — or, under secure aggregation, the ciphertexts of
   ``(w_i/w_ref)·(local − global)`` and ``w_i`` (``w_ref``: ``secure.weight_ref``, a config constant), with
@@ -32,13 +35,13 @@ from flwr.app import ConfigRecord, RecordDict
 
 __all__ = ["VERSION", "MESSAGE_TYPES", "ProtocolError", "pack", "unpack", "kind_of"]
 
-VERSION = 3  # 2: secure aggregation fields; 3: signed contributions, the key holder adds them itself
+VERSION = 4  # 2: secure aggregation fields; 3: authenticated hello; 4: signed contributions, the key holder adds them
 RECORD = "fedloom"
 MESSAGE_TYPES = {"hello": "query.hello", "train": "train", "decrypt": "query.decrypt", "finish": "query.finish"}
 
 _COMMON = {"v": int, "config_hash": str}
 _REQUESTS: dict[str, dict[str, type]] = {
-    "hello": {**_COMMON, "config_json": str, "classes": list, "key_fingerprint": str},
+    "hello": {**_COMMON, "classes": list, "key_fingerprint": str, "nonce": bytes, "node_id": str},
     "train": {**_COMMON, "round": int, "payload": bytes},
     "decrypt": {
         **_COMMON,
@@ -64,6 +67,8 @@ _REPLIES: dict[str, dict[str, type]] = {
         "need_mb": float,
         "key_holder": bool,
         "key_fingerprint": str,
+        "signature": bytes,
+        "federation_json": str,
     },
     "train": {
         **_COMMON,

@@ -49,7 +49,8 @@ from ..secure.guard import Contribution, GuardedKeyHolder, KeyHolderRefusal, con
 from ..secure.secagg import SecAggState, encrypt_update
 from ..simulation import _SECURE_TAG, weight_ref  # the stream id of the packing's stochastic rounding
 from ..training import LocalSpec
-from .fingerprint import config_diff, config_hash, federation_dict
+from . import identity
+from .fingerprint import config_hash, federation_dict
 from .secure import load_client_side
 
 __all__ = ["ClientWorker", "ResourceRefusal", "adapt_batch_size"]
@@ -86,6 +87,7 @@ class ClientWorker:
         self.lock = threading.Lock()
         self.accepted = False
         self.refused = ""  # set when the server's config differs: the process exits 2 after answering
+        self.key = None  # this client's private key (``--key``): signs its hello
         self.finished = threading.Event()
         self.last_message = time.monotonic()
         self.rounds_trained = 0
@@ -93,8 +95,7 @@ class ClientWorker:
         self.aggregator = make_aggregator(cfg.lambda_, cfg.aggregator)
         # public key (and the secret key on a key holder) from secure.key_dir; None without secure aggregation
         self.secure = load_client_side(cfg) if cfg.secure.method != "none" else None
-        self.signer: Callable[[bytes], bytes] | None = None  # signs this client's contributions (its key)
-        self.verifier: Callable[[int, bytes, bytes], bool] | None = None  # a key holder's check of the others'
+        self.registry: identity.Registry | None = None  # a key holder's list of the clients' public keys
         self.weight_ref = weight_ref(cfg, self.aggregator, None) if self.secure is not None else 0.0
         self._guard = None  # the key holder's GuardedKeyHolder, built on the first decrypt request
         if self.data_file is None:
@@ -190,17 +191,16 @@ class ClientWorker:
             "need_mb": float(r.need_mb),
             "key_holder": self.key_holder,
             "key_fingerprint": self.key_fingerprint,
+            "federation_json": "",
         }
-        if req["config_hash"] != self.hash:
-            try:
-                theirs = federation_dict(json.loads(req["config_json"]))
-            except (ValueError, TypeError):
-                theirs = {}
-            diff = "; ".join(config_diff(federation_dict(self.cfg), theirs)) or "the configs differ"
+        claim = identity.hello_statement(req["nonce"], req["node_id"], self.id, self.hash)
+        out["signature"] = identity.sign(self.key, claim) if self.key is not None else b""
+        if req["config_hash"] != self.hash:  # the server sends no config: it names the fields in its log
             self.refused = (
                 f"the server runs a different federation config (hash {req['config_hash']} there, "
-                f"{self.hash} here): {diff}"
+                f"{self.hash} here); the server's log names the differing fields"
             )
+            out["federation_json"] = json.dumps(federation_dict(self.cfg))
             return {**out, "ok": False, "reason": f"client refuses: {self.refused}"}
         if req["key_fingerprint"] != self.key_fingerprint:
             self.refused = (
@@ -283,7 +283,7 @@ class ClientWorker:
         seconds = time.perf_counter() - t0
         n = int(update.num_samples)
         message = contribution_message(self.hash, rnd, self.id, n, self.weight_ref, payload)
-        signature = self.signer(message) if self.signer is not None else b""
+        signature = identity.sign(self.key, message) if self.key is not None else b""
         self.rounds_trained += 1
         return {
             "ok": True,
@@ -329,6 +329,11 @@ class ClientWorker:
     def guard(self) -> GuardedKeyHolder:
         """This key holder's secret key behind the rules of ``secure/guard.py`` (one per run: it remembers
         the last round it decrypted)."""
+        if self.registry is None:
+            raise KeyHolderRefusal(
+                "no client registry to verify signatures with (clients.json from `fedloom certs DIR --clients N` "
+                "in secure.key_dir): a key holder decrypts only what it can verify"
+            )
         if self._guard is None:
             from ..secure import make_server_cipher
 
@@ -342,13 +347,17 @@ class ClientWorker:
                 weight_ref=self.weight_ref,
                 max_samples=cfg.runtime.max_client_samples,
                 config_hash=self.hash,
-                verify=self.verifier,
+                verify=self._verify,
             )
         return self._guard
 
     def _finish(self, req: dict[str, Any]) -> dict[str, Any]:
         self.finished.set()
         return {**self._base(), "ok": True}
+
+    def _verify(self, client: int, message: bytes, signature: bytes) -> bool:
+        key = self.registry.keys.get(client)
+        return key is not None and identity.verify(key, message, signature)
 
 
 def _contributions(req: dict[str, Any]) -> list[Contribution]:
