@@ -92,7 +92,8 @@ def test_the_servers_own_ciphertext_beside_the_victims_is_refused(setup):
 def test_a_fresh_round_id_or_a_replay_is_refused(setup):
     guard = _guard(setup)
     cs = [_contribution(setup, 5, c, _update(c)) for c in range(3)]
-    guard.decrypt_round(5, cs, LENGTH)
+    first = guard.decrypt_round(5, cs, LENGTH)
+    assert guard.decrypt_round(5, cs, LENGTH) is first  # the very same sum again (a resumed server): no news
     with pytest.raises(KeyHolderRefusal, match="each round once"):
         guard.decrypt_round(5, cs[:2], LENGTH)  # the same round again, a subset: the difference is one update
     with pytest.raises(KeyHolderRefusal, match="each round once"):

@@ -6,7 +6,9 @@ known vector, or a round in which every other client was told to scale its updat
 one client's update. :class:`GuardedKeyHolder` is the only way fedloom's rounds reach a secret key (in the
 simulation and on a deployed key-holder client alike), and it decrypts a round's sum only when
 
-1. the round is newer than every round it decrypted before (each round once, in increasing order);
+1. the round is newer than every round it decrypted before (each round once, in increasing order; the very
+   same contributions of the last round may be asked for again, by a server resumed after a crash, and get
+   the same answer, which reveals nothing new);
 2. the sum has at least ``secure.min_summands`` contributions from distinct clients;
 3. every contribution has the federation's exact ciphertext size (checked before any arithmetic) and, when
    a ``verify`` function is given (the Flower runtime: each client's registered public key), a valid
@@ -76,9 +78,13 @@ class GuardedKeyHolder:
         self.weight_ref, self.max_samples, self.config_hash = weight_ref, max_samples, config_hash
         self.verify = verify
         self.last_round = 0  # rounds decrypted so far are all ≤ this
+        self._last: tuple[bytes, Decrypted] | None = None  # the last round's contributions digest and its sums
 
     def decrypt_round(self, rnd: int, contributions: Sequence[Contribution], length: int) -> Decrypted:
         """The decrypted sum of round ``rnd``'s contributions, or :class:`KeyHolderRefusal` saying why not."""
+        digest = _digest(rnd, contributions)
+        if rnd == self.last_round and self._last is not None and self._last[0] == digest:
+            return self._last[1]
         if rnd <= self.last_round:
             raise KeyHolderRefusal(
                 f"round {rnd}: already decrypted round {self.last_round}; each round once, in increasing order"
@@ -104,7 +110,7 @@ class GuardedKeyHolder:
                 f"round {rnd}: the encrypted weights sum to {result.weight}, the declared sample counts to "
                 f"{expected:g}: a client encrypted another weight than it declared"
             )
-        self.last_round = rnd
+        self.last_round, self._last = rnd, (digest, result)
         return result
 
     def _check(self, rnd: int, c: Contribution) -> None:
@@ -121,3 +127,10 @@ class GuardedKeyHolder:
             msg = contribution_message(self.config_hash, rnd, c.client, c.num_samples, self.weight_ref, c.payload)
             if not self.verify(c.client, msg, c.signature):
                 raise KeyHolderRefusal(f"round {rnd}: client {c.client}'s signature does not verify")
+
+
+def _digest(rnd: int, contributions: Sequence[Contribution]) -> bytes:
+    h = hashlib.sha256(struct.pack(">q", rnd))
+    for c in contributions:
+        h.update(struct.pack(">qq", c.client, c.num_samples) + hashlib.sha256(c.payload).digest())
+    return h.digest()
