@@ -27,6 +27,7 @@ from .params import Layout, flatten
 from .secure import make_keyholder, make_server_cipher
 from .secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate, encrypt_update
 from .server import Server
+from .threads import threads_summary, tune_threads
 from .training import LocalSpec, make_engine
 
 __all__ = ["Federation", "RunResult", "run_federation"]
@@ -66,8 +67,6 @@ class Federation:
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
-        if cfg.runtime.threads:
-            torch.set_num_threads(cfg.runtime.threads)
         data = data if data is not None else load_data(cfg)
         model = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed)
         server = Server(
@@ -92,7 +91,7 @@ class Federation:
             # a client of average size has weight w_ref: scaled updates stay in the range `clip` covers
             w_ref = server.aggregator.weight(max(1, round(float(data.partition.sizes().mean()))))
             secure = _ClientsSecure(holder, holder.client_cipher(), w_ref)
-        engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk)
+        engine = tune_threads(make_engine(cfg.runtime.engine, cfg.runtime.chunk), cfg.runtime.threads)
         return cls(cfg, data, model, server, clients, spec, engine, channel, secure)
 
     @property
@@ -203,6 +202,7 @@ def run_federation(
         "num_clients": fed.cfg.no_models,
         "eval_samples": len(fed.data.y_eval),
         "engine": fed.engine.name,
+        **threads_summary(fed.engine),
         "aggregator": fed.server.aggregator.name,
         "compression_up": fed.channel.name,
         "compression_down": fed.channel.down_codec.name,

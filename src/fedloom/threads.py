@@ -1,0 +1,222 @@
+"""``runtime.threads: auto``: pick torch's intra-op thread count by timing the run's own kernels.
+
+Why not torch's default (one thread per core)? On an idle machine it is the fastest for the vectorized
+engine's batched GEMMs (2 threads ≈ 1.8× one on a 2-core machine), but as soon as another process keeps a
+core busy, every parallel region waits for the thread that has no core: small GEMMs at 2 threads became
+13–35× slower than at 1 on that machine (issue 12). Neither fixed choice is right on a shared machine, so
+``auto`` measures:
+
+1. **Probe.** Before the first cohort trains, a kernel shaped like the cohort's own work (the first
+   layer's batched matmul ``[clients, batch, in] × [clients, in, out]`` and its weight gradient for
+   Linear stacks; one forward and backward of the model otherwise) is timed at each candidate thread
+   count (1, 2, 4, … up to torch's default), interleaved, median of a few repetitions.
+2. **Decide** (:func:`choose`): the fewest threads whose median is within ``tolerance`` of the fastest.
+   Fewer threads win near-ties because they are the ones that do not collapse when load arrives.
+3. **Look again** (:class:`ThreadTuner.observe`): every cohort's seconds per trained sample are watched;
+   when a cohort is much slower than the best since the last probe (load arrived), or a while has passed
+   (load may have left), the probe runs again.
+
+A probe costs a few milliseconds; kernels too small for torch to parallelize skip it and use 1 thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["ThreadTuner", "TunedEngine", "choose", "candidates", "tune_threads", "threads_summary"]
+
+_TORCH_DEFAULT = torch.get_num_threads()  # read at import, before anyone changes it: one per core by default
+TOLERANCE = 0.10  # fewer threads win unless more threads are >10 % faster (the issue's idle-machine budget)
+SLOWDOWN = 1.6  # a cohort this much slower per sample than the best since the last probe triggers a new one
+RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed
+_TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
+_REPS = 5  # interleaved repetitions per candidate; the decision uses medians
+_TARGET_SECONDS = 1e-3  # one timed sample repeats the probe until it lasts about this long
+
+
+def candidates(maximum: int) -> list[int]:
+    """Thread counts worth trying: 1, 2, 4, … and ``maximum`` itself."""
+    out, n = [], 1
+    while n < maximum:
+        out.append(n)
+        n *= 2
+    return out + [max(1, maximum)]
+
+
+def choose(timings: dict[int, list[float]], tolerance: float = TOLERANCE) -> int:
+    """The fewest threads whose median time is within ``tolerance`` of the fastest median.
+
+    >>> choose({1: [1.0, 1.1, 0.9], 2: [0.5, 0.6, 0.55]})  # idle: 2 threads nearly twice as fast
+    2
+    >>> choose({1: [1.0], 2: [0.95]})  # 5 % is not worth the risk of collapsing under load
+    1
+    """
+    if not timings:
+        raise ValueError("no timings to choose from")
+    med = {n: statistics.median(t) for n, t in timings.items()}
+    best = min(med.values())
+    return min(n for n, m in med.items() if m <= best * (1 + tolerance))
+
+
+def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> dict[int, list[float]]:
+    """Seconds per probe call at each thread count, repetitions interleaved so load hits all alike."""
+    before = torch.get_num_threads()
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    inner = 1
+    try:
+        for n in counts:  # warm-up: thread pools, allocator, first-call dispatch
+            torch.set_num_threads(n)
+            probe()
+        t0 = time.perf_counter()
+        probe()
+        inner = max(1, min(1000, int(_TARGET_SECONDS / max(time.perf_counter() - t0, 1e-7))))
+        for _ in range(reps):
+            for n in counts:
+                torch.set_num_threads(n)
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    probe()
+                times[n].append((time.perf_counter() - t0) / inner)
+    finally:
+        torch.set_num_threads(before)
+    return times
+
+
+def linear_probe(clients: int, batch: int, features: int, out: int) -> Callable[[], None]:
+    """The vectorized engine's largest kernels for a Linear stack: forward ``baddbmm`` of the first layer
+    and its weight gradient ``bmm``, at the cohort's shapes."""
+    x, w = torch.randn(clients, batch, features), torch.randn(clients, features, out)  # [a, B, in], [a, in, out]
+    b, g = torch.randn(clients, 1, out), torch.randn(clients, batch, out)
+    gw = torch.empty(clients, out, features)
+
+    def probe() -> None:
+        torch.baddbmm(b, x, w)
+        torch.bmm(g.transpose(1, 2), x, out=gw)
+
+    return probe
+
+
+def model_probe(model: nn.Module, rows: int, features: int) -> Callable[[], None]:
+    """One forward and backward of (a copy of) ``model`` on ``rows`` random rows."""
+    work = copy.deepcopy(model)
+    x = torch.randn(rows, features)
+
+    def probe() -> None:
+        work.zero_grad(set_to_none=True)
+        work(x).sum().backward()
+
+    return probe
+
+
+@dataclass
+class ThreadTuner:
+    """Chooses and re-checks the thread count; ``clock`` and ``measure_fn`` are injectable for tests."""
+
+    maximum: int = _TORCH_DEFAULT
+    clock: Callable[[], float] = time.perf_counter
+    measure_fn: Callable[[Callable[[], None], list[int]], dict[int, list[float]]] = measure
+    threads: int = 0  # the current choice (0 before the first probe)
+    probes: int = 0
+    history: list[int] = field(default_factory=list)  # every choice made, in order
+    _best_rate: float = float("inf")  # seconds per sample, best cohort since the last probe
+    _since: float = 0.0  # training seconds since the last probe
+
+    def probe(self, probe: Callable[[], None]) -> int:
+        """Time ``probe`` at each candidate count, set the chosen one and return it."""
+        counts = candidates(self.maximum)
+        if len(counts) == 1:
+            chosen = counts[0]
+        else:
+            timings = self.measure_fn(probe, counts)
+            tiny = statistics.median(timings[1]) < _TINY_SECONDS
+            chosen = 1 if tiny else choose(timings)
+        self.probes += 1
+        self.history.append(chosen)
+        self.threads = chosen
+        self._best_rate, self._since = float("inf"), 0.0
+        torch.set_num_threads(chosen)
+        return chosen
+
+    def observe(self, seconds: float, samples: int) -> bool:
+        """Record one cohort (``seconds`` of training for ``samples`` sample-steps); True when the thread
+        count should be measured again: this cohort was ``SLOWDOWN``× slower per sample than the best since
+        the last probe, or ``RECHECK_SECONDS`` of training have passed since it."""
+        self._since += seconds
+        rate = seconds / max(1, samples)
+        slow = rate > SLOWDOWN * self._best_rate
+        self._best_rate = min(self._best_rate, rate)
+        return slow or self._since >= RECHECK_SECONDS
+
+
+class TunedEngine:
+    """Wraps an engine: probes before the first cohort, times every cohort, re-probes when needed.
+
+    ``threads`` is an int (fixed: set once, never measured) or ``"auto"``."""
+
+    def __init__(self, engine: object, threads: int | str, tuner: ThreadTuner | None = None):
+        self.engine, self.setting = engine, threads
+        self.tuner = tuner if tuner is not None else ThreadTuner()
+        if threads != "auto":
+            torch.set_num_threads(int(threads))
+        self._pending = threads == "auto"  # probe before the next cohort
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    def __getattr__(self, attr: str):  # the wrapped engine's own settings (chunk, …) read through
+        if attr == "engine":  # not set yet (copy/pickle): no recursion
+            raise AttributeError(attr)
+        return getattr(self.engine, attr)
+
+    @property
+    def threads(self) -> int:
+        return self.tuner.threads if self.setting == "auto" else int(self.setting)
+
+    def train(self, model: nn.Module, global_vec: torch.Tensor, data, clients: list[int], spec, *args, **kwargs):
+        if self._pending and clients:
+            self.tuner.probe(_probe_for(self.engine, model, data, len(clients), spec.batch_size))
+            self._pending = False
+        t0 = self.tuner.clock()
+        out = self.engine.train(model, global_vec, data, clients, spec, *args, **kwargs)
+        if self.setting == "auto" and clients:
+            samples = int(data.partition.sizes()[clients].sum()) * spec.epochs
+            self._pending = self.tuner.observe(self.tuner.clock() - t0, samples)
+        return out
+
+
+def _probe_for(engine: object, model: nn.Module, data, clients: int, batch: int) -> Callable[[], None]:
+    """A probe shaped like the cohort's work (see the module docstring): one client's batch for the
+    sequential engine, the cohort's (or chunk's) stacked batches for the vectorized one."""
+    from .engine_vectorized import linear_stack, supports  # late: that module imports torch.func
+
+    if engine.name == "sequential" or (engine.name == "auto" and not supports(model)):
+        return model_probe(model, batch, data.num_features)
+    chunk = getattr(engine, "chunk", None) or getattr(getattr(engine, "vectorized", None), "chunk", None)
+    clients = min(clients, chunk or clients)
+    linears = linear_stack(model)
+    if linears is not None:
+        return linear_probe(clients, batch, linears[0].in_features, linears[0].out_features)
+    return model_probe(model, min(clients * batch, 2048), data.num_features)
+
+
+def tune_threads(engine: object, threads: int | str | None) -> TunedEngine:
+    """``engine`` wrapped for ``runtime.threads`` (``None`` is read as ``auto``)."""
+    return TunedEngine(engine, "auto" if threads is None else threads)
+
+
+def threads_summary(engine: object) -> dict:
+    """``summary.json`` entries: the thread count in use at the end and, for ``auto``, every choice made."""
+    if not isinstance(engine, TunedEngine):
+        return {"threads": torch.get_num_threads()}
+    out: dict = {"threads": engine.threads}
+    if engine.setting == "auto":
+        out["threads_auto"] = engine.tuner.history
+    return out
