@@ -39,6 +39,8 @@ RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load t
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
 _REPS = 5  # interleaved repetitions per candidate; the decision uses medians
 _TARGET_SECONDS = 1e-3  # one timed sample repeats the probe until it lasts about this long
+_PROBE_CLIENTS = 256  # clients in a probe: enough to parallelize over, few enough to cost milliseconds
+_PROBE_ROWS = 2048  # rows of a whole-model probe
 
 
 def candidates(maximum: int) -> list[int]:
@@ -76,7 +78,9 @@ def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> 
             probe()
         t0 = time.perf_counter()
         probe()
-        inner = max(1, min(1000, int(_TARGET_SECONDS / max(time.perf_counter() - t0, 1e-7))))
+        once = time.perf_counter() - t0
+        inner = max(1, min(1000, int(_TARGET_SECONDS / max(once, 1e-7))))
+        reps = reps if once < 2 * _TARGET_SECONDS else min(reps, 3)  # a slow probe: fewer repetitions
         for _ in range(reps):
             for n in counts:
                 torch.set_num_threads(n)
@@ -200,11 +204,11 @@ def _probe_for(engine: object, model: nn.Module, data, clients: int, batch: int)
     if engine.name == "sequential" or (engine.name == "auto" and not supports(model)):
         return model_probe(model, batch, data.num_features)
     chunk = getattr(engine, "chunk", None) or getattr(getattr(engine, "vectorized", None), "chunk", None)
-    clients = min(clients, chunk or clients)
+    clients = min(clients, chunk or clients, _PROBE_CLIENTS)
     linears = linear_stack(model)
     if linears is not None:
         return linear_probe(clients, batch, linears[0].in_features, linears[0].out_features)
-    return model_probe(model, min(clients * batch, 2048), data.num_features)
+    return model_probe(model, min(clients * batch, _PROBE_ROWS), data.num_features)
 
 
 def tune_threads(engine: object, threads: int | str | None) -> TunedEngine:
