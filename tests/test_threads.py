@@ -127,12 +127,12 @@ def test_tuned_engine_probes_first_then_on_slowdown(monkeypatch):
     assert len(probes) == 1
     step(1.0)
     assert len(probes) == 2
-    assert th.threads_summary(eng) == {"threads": 1, "threads_auto": [1, 1]}
+    assert th.threads_summary(eng) == {"threads": 1, "threads_auto": [1, 1], "device": "cpu"}
 
 
 def test_fixed_threads_are_set_and_never_measured():
     eng = th.tune_threads(_FakeEngine([0.0]), 1)
-    assert torch.get_num_threads() == 1 and th.threads_summary(eng) == {"threads": 1}
+    assert torch.get_num_threads() == 1 and th.threads_summary(eng) == {"threads": 1, "device": "cpu"}
 
 
 def test_config_threads_field():

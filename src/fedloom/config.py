@@ -71,6 +71,9 @@ class RuntimeConfig(_Section):
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="torch intra-op threads; auto: measured on the run's kernels (fedloom.threads)"
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the vectorized engine and evaluation run; auto: cuda when present (fedloom.device)"
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="probability a sampled client fails this round")
     min_clients: int = Field(1, ge=1, description="fewest answers with which a round still counts")
     round_timeout: float | None = Field(

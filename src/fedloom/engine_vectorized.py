@@ -41,6 +41,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .data import FedData
+from .device import on_device
 from .errors import ConfigError
 from .training import CohortResult, LocalSpec, SequentialEngine, client_seed
 
@@ -91,6 +92,10 @@ class _Plan:
     owner: torch.Tensor  # [slots] int64 position of the slot's client in the chunk
     active: list[int]  # [steps]
     offsets: list[int]  # [steps + 1]
+
+    def to(self, device: torch.device) -> _Plan:
+        t = [x.to(device) for x in (self.rows, self.y, self.weight, self.owner)]
+        return _Plan(*t, self.active, self.offsets)
 
 
 def _plan(data: FedData, clients: list[int], spec: LocalSpec, seed: int, round: int) -> _Plan:
@@ -153,7 +158,8 @@ class _LinearKernel:
         p, g = [t[:a] for t in self.params], [t[:a] for t in self.grads]
         # per layer: weight [a, out, in], its transpose, bias [a, 1, out], and the two gradient buffers
         layers = [(p[i], p[i].transpose(1, 2), p[i + 1].unsqueeze(1), g[i], g[i + 1]) for i in range(0, len(p), 2)]
-        return layers, torch.full((a, self.batch, 1), -1.0)  # the −onehot(y) scattered into softmax
+        minus_one = torch.full((a, self.batch, 1), -1.0, device=p[0].device)  # −onehot(y), scattered into softmax
+        return layers, minus_one
 
     def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
         layers, minus_one = views
@@ -226,10 +232,11 @@ def _sgd_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torc
 # ------------------------------------------------------------------------------------------------- engine
 def _train_chunk(
     model: nn.Module, global_vec: torch.Tensor, data: FedData, clients: list[int], spec: LocalSpec, seed: int,
-    round: int,
+    round: int, device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Train ``clients`` (sorted by steps, most first) in lock step; ``(diffs [clients, params], loss sums)``."""
-    C, B = len(clients), spec.batch_size
+    """Train ``clients`` (sorted by steps, most first) in lock step on ``device`` (where ``global_vec`` is);
+    ``(diffs [clients, params], loss sums)``."""
+    C, B, device = len(clients), spec.batch_size, device or global_vec.device
     params, start = [], 0
     for p in model.parameters():  # [clients, *shape] copies of the global model, never views of global_vec
         params.append(global_vec[start : start + p.numel()].view(p.shape).expand(C, *p.shape).clone())
@@ -240,10 +247,10 @@ def _train_chunk(
         kernel: _LinearKernel | _VmapKernel = _LinearKernel(params, grads, B)
     else:
         kernel = _VmapKernel(model, params, grads)
-    plan = _plan(data, clients, spec, seed, round)
+    plan = _plan(data, clients, spec, seed, round).to(device)  # built on the CPU (numpy), used on the device
     logp_y = torch.empty_like(plan.weight)  # [slots, batch, 1]
     views: dict[int, tuple] = {}  # active count → (kernel views, params, grads, bufs) of the first a clients
-    x_all = data.x_train
+    x_all = on_device(data.x_train, device)  # copied once per dataset and device
     for first, last in _segments(plan, B * data.num_features * _F32):
         base = plan.offsets[first]
         rows = plan.rows[base : plan.offsets[last]]  # [slots in segment, batch]
@@ -257,7 +264,7 @@ def _train_chunk(
             _sgd_(p_a, g_a, b_a, spec)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch
-    loss_sum = torch.zeros(C, dtype=torch.float64).index_add_(0, plan.owner, batch_loss)
+    loss_sum = torch.zeros(C, dtype=torch.float64, device=device).index_add_(0, plan.owner, batch_loss)
     diffs = torch.cat([p.reshape(C, -1) for p in params], 1) - global_vec  # [clients, params]
     return diffs, loss_sum
 
@@ -296,6 +303,7 @@ class VectorizedEngine:
         if chunk is not None and chunk < 1:
             raise ConfigError(f"runtime.chunk must be ≥ 1 client, got {chunk}")
         self.chunk = chunk
+        self.device: torch.device | None = None  # runtime.device, set by fedloom.device.use_device; None: CPU
 
     def chunks(self, model: nn.Module, data: FedData, clients: list[int], spec: LocalSpec) -> list[list[int]]:
         """Split ``clients`` (sorted by steps, most first) into consecutive chunks that fit the budget."""
@@ -308,7 +316,9 @@ class VectorizedEngine:
         need = fixed + slots * spec.batch_size * _SLOT_BYTES  # [clients] bytes
         if need.sum() + _GATHER_BYTES <= _SMALL_BYTES:
             return [clients] if clients else []
-        budget = _MEMORY_FRACTION * psutil.virtual_memory().available - _GATHER_BYTES
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        free = torch.cuda.mem_get_info(self.device)[0] if on_gpu else psutil.virtual_memory().available
+        budget = _MEMORY_FRACTION * free - _GATHER_BYTES
         out: list[list[int]] = [[]]
         used = 0.0
         for c, bytes_c in zip(clients, need.tolist()):
@@ -339,10 +349,11 @@ class VectorizedEngine:
         order = torch.argsort(per_epoch, descending=True, stable=True).tolist()  # most steps first
         diffs = torch.zeros(len(clients), global_vec.numel())  # [clients, params] in the caller's order
         loss_sum = torch.zeros(len(clients), dtype=torch.float64)
-        done = 0
+        done, device = 0, self.device or torch.device("cpu")
         for chunk in self.chunks(model, data, [clients[i] for i in order], spec):
             pos = torch.tensor(order[done : done + len(chunk)], dtype=torch.int64)
-            diffs[pos], loss_sum[pos] = _train_chunk(model, global_vec, data, chunk, spec, seed, round)
+            d, loss = _train_chunk(model, global_vec.to(device), data, chunk, spec, seed, round, device)
+            diffs[pos], loss_sum[pos] = d.cpu(), loss.cpu()  # the wire is on the CPU: one copy per chunk
             done += len(chunk)
         return CohortResult(
             clients=list(clients),

@@ -22,6 +22,7 @@ from .channel import Channel
 from .client import Client
 from .config import Config
 from .data import FedData, load_data
+from .device import resolve_device
 from .models import build_model
 from .params import Layout, flatten
 from .secure import make_keyholder, make_server_cipher
@@ -67,6 +68,7 @@ class Federation:
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
+        device = resolve_device(cfg.runtime.device)  # a missing GPU is refused before the data loads
         data = data if data is not None else load_data(cfg)
         model = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed)
         server = Server(
@@ -91,7 +93,7 @@ class Federation:
             # a client of average size has weight w_ref: scaled updates stay in the range `clip` covers
             w_ref = server.aggregator.weight(max(1, round(float(data.partition.sizes().mean()))))
             secure = _ClientsSecure(holder, holder.client_cipher(), w_ref)
-        engine = tune_threads(make_engine(cfg.runtime.engine, cfg.runtime.chunk), cfg.runtime.threads)
+        engine = tune_threads(make_engine(cfg.runtime.engine, cfg.runtime.chunk), cfg.runtime.threads, device, server)
         return cls(cfg, data, model, server, clients, spec, engine, channel, secure)
 
     @property

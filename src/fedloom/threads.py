@@ -166,6 +166,7 @@ class TunedEngine:
 
     def __init__(self, engine: object, threads: int | str, tuner: ThreadTuner | None = None):
         self.engine, self.setting = engine, threads
+        self.device = torch.device("cpu")
         self.tuner = tuner if tuner is not None else ThreadTuner()
         if threads != "auto":
             torch.set_num_threads(int(threads))
@@ -211,16 +212,27 @@ def _probe_for(engine: object, model: nn.Module, data, clients: int, batch: int)
     return model_probe(model, min(clients * batch, _PROBE_ROWS), data.num_features)
 
 
-def tune_threads(engine: object, threads: int | str | None) -> TunedEngine:
-    """``engine`` wrapped for ``runtime.threads`` (``None`` is read as ``auto``)."""
-    return TunedEngine(engine, "auto" if threads is None else threads)
+def tune_threads(
+    engine: object, threads: int | str | None, device: torch.device | None = None, server: object | None = None
+) -> TunedEngine:
+    """``engine`` wrapped for ``runtime.threads`` (``None`` is read as ``auto``); with ``device``, the engine
+    and ``server``'s evaluation are pointed at it (:func:`fedloom.device.use_device`)."""
+    if device is not None and server is not None:
+        from .device import use_device
+
+        use_device(device, engine, server)
+    wrapped = TunedEngine(engine, "auto" if threads is None else threads)
+    wrapped.device = device or torch.device("cpu")
+    return wrapped
 
 
 def threads_summary(engine: object) -> dict:
-    """``summary.json`` entries: the thread count in use at the end and, for ``auto``, every choice made."""
+    """``summary.json`` entries: the thread count in use at the end and, for ``auto``, every choice made;
+    the device the cohorts trained on (the sequential engine always trains on the CPU)."""
     if not isinstance(engine, TunedEngine):
         return {"threads": torch.get_num_threads()}
     out: dict = {"threads": engine.threads}
     if engine.setting == "auto":
         out["threads_auto"] = engine.tuner.history
+    out["device"] = "cpu" if engine.name == "sequential" else engine.device.type
     return out
