@@ -52,17 +52,32 @@ def test_probe_sets_the_choice_and_skips_tiny_kernels():
     def fake(timings):
         def measure(probe, counts):
             calls.append(counts)
-            return timings
+            return {n: timings[n] for n in counts}
 
         return measure
 
     tuner = th.ThreadTuner(maximum=2, measure_fn=fake({1: [1e-3], 2: [0.5e-3]}))
     assert tuner.probe(lambda: None) == 2 and torch.get_num_threads() == 2
-    assert calls == [[1, 2]] and tuner.history == [2]
+    assert calls == [[1], [1, 2]] and tuner.history == [2]  # 1 thread alone first: is the kernel tiny?
+    calls.clear()
     tiny = th.ThreadTuner(maximum=2, measure_fn=fake({1: [5e-6], 2: [2e-6]}))  # below torch's parallel grain
-    assert tiny.probe(lambda: None) == 1
+    assert tiny.probe(lambda: None) == 1 and calls == [[1]]  # no other count timed
+    calls.clear()
     single = th.ThreadTuner(maximum=1, measure_fn=fake({}))
-    assert single.probe(lambda: None) == 1 and len(calls) == 2  # nothing to measure on one core
+    assert single.probe(lambda: None) == 1 and calls == []  # nothing to measure on one core
+
+
+def test_measure_stops_timing_a_collapsed_count(monkeypatch):
+    clock = [0.0]
+    cost = {1: 1e-3, 2: 30e-3}  # 2 threads collapsed (a busy core): 30× slower
+
+    def probe():
+        clock[0] += cost[torch.get_num_threads()]
+
+    monkeypatch.setattr(th.time, "perf_counter", lambda: clock[0])
+    times = th.measure(probe, [1, 2], reps=5)
+    assert len(times[1]) == 5 and len(times[2]) == 1  # dropped after its first repetition
+    assert th.choose(times) == 1
 
 
 def test_observe_asks_again_when_a_cohort_gets_much_slower():
@@ -102,10 +117,7 @@ def test_tuned_engine_probes_first_then_on_slowdown(monkeypatch):
     data = load_data(cfg)
     model = build_model("fnn", data.num_features, data.num_classes)
     now = [0.0]
-    probes = []
-    tuner = th.ThreadTuner(
-        maximum=2, clock=lambda: now[0], measure_fn=lambda p, c: probes.append(c) or {1: [1], 2: [2]}
-    )
+    tuner = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=lambda p, c: {1: [1], 2: [2]})
     inner = _FakeEngine([1.0, 1.0, 3.0, 1.0])
     eng = th.TunedEngine(inner, "auto", tuner)
     spec = LocalSpec(1, 10, 0.1)
@@ -121,12 +133,12 @@ def test_tuned_engine_probes_first_then_on_slowdown(monkeypatch):
         eng.train(model, None, data, [0, 1], spec, 0, 1)
 
     step(1.0)
-    assert len(probes) == 1 and eng.threads == 1  # probed before the first cohort
+    assert tuner.probes == 1 and eng.threads == 1  # probed before the first cohort
     step(1.0)
     step(3.0)  # 3× slower: probe again before the next cohort
-    assert len(probes) == 1
+    assert tuner.probes == 1
     step(1.0)
-    assert len(probes) == 2
+    assert tuner.probes == 2
     assert th.threads_summary(eng) == {"threads": 1, "threads_auto": [1, 1], "device": "cpu"}
 
 

@@ -38,6 +38,7 @@ SLOWDOWN = 1.6  # a cohort this much slower per sample than the best since the l
 RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
 _REPS = 5  # interleaved repetitions per candidate; the decision uses medians
+_DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
 _TARGET_SECONDS = 1e-3  # one timed sample repeats the probe until it lasts about this long
 _PROBE_CLIENTS = 256  # clients in a probe: enough to parallelize over, few enough to cost milliseconds
 _PROBE_ROWS = 2048  # rows of a whole-model probe
@@ -76,18 +77,22 @@ def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> 
         for n in counts:  # warm-up: thread pools, allocator, first-call dispatch
             torch.set_num_threads(n)
             probe()
+        torch.set_num_threads(counts[0])  # calibrate on the fewest threads: they do not collapse under load
         t0 = time.perf_counter()
         probe()
         once = time.perf_counter() - t0
         inner = max(1, min(1000, int(_TARGET_SECONDS / max(once, 1e-7))))
         reps = reps if once < 2 * _TARGET_SECONDS else min(reps, 3)  # a slow probe: fewer repetitions
+        alive = list(counts)
         for _ in range(reps):
-            for n in counts:
+            for n in alive:
                 torch.set_num_threads(n)
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     probe()
                 times[n].append((time.perf_counter() - t0) / inner)
+            best = min(statistics.median(times[n]) for n in alive)  # a count 3× slower is out: stop paying for it
+            alive = [n for n in alive if statistics.median(times[n]) <= _DROP * best]
     finally:
         torch.set_num_threads(before)
     return times
@@ -135,12 +140,10 @@ class ThreadTuner:
     def probe(self, probe: Callable[[], None]) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it."""
         counts = candidates(self.maximum)
-        if len(counts) == 1:
-            chosen = counts[0]
+        if len(counts) == 1 or statistics.median(self.measure_fn(probe, [1])[1]) < _TINY_SECONDS:
+            chosen = 1  # one core, or a kernel below torch's parallel grain: threads cannot help
         else:
-            timings = self.measure_fn(probe, counts)
-            tiny = statistics.median(timings[1]) < _TINY_SECONDS
-            chosen = 1 if tiny else choose(timings)
+            chosen = choose(self.measure_fn(probe, counts))
         self.probes += 1
         self.history.append(chosen)
         self.threads = chosen
