@@ -508,6 +508,7 @@ def main() -> None:
                    "--device cuda also s4, 1 000 CNN clients on MNIST-5k)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="fedloom's runtime.device")
     p.add_argument("--e2e-reps", type=int, default=3, help="fresh-process end-to-end repetitions (0: skip that table)")
+    p.add_argument("--e2e-workloads", help="workloads of the end-to-end table (default: --workloads but s4)")
     p.add_argument("--threads", default="1,2", help="torch thread counts to time, e.g. 1,2")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per contender (the table shows medians)")
     p.add_argument("--skip", default="", help="comma-separated contenders to leave out: flower, pfl, book, sequential")
@@ -541,7 +542,7 @@ def main() -> None:
         PflProcess.close()
     s3_res = None
     if "s3" in names:
-        s3_res = s3(["fedloom vectorized"] if args.quick else list(IN_S3), min(threads))
+        s3_res = s3(["fedloom vectorized"] if args.quick else [n for n in IN_S3 if not SKIPPED.get(n)], min(threads))
     print()
     print_table(results, s3_res, min(threads))
     if "s1" in results:
@@ -563,7 +564,8 @@ def main() -> None:
 
         print()
         e2e_skip = {w for w in ("book", "flower") if w in skip or SKIPPED.get(SHORT[w])}
-        e2e = e2e_speed.measure([w for w in names if w != "s4"], args.e2e_reps, args.device, e2e_skip)
+        e2e_names = args.e2e_workloads.split(",") if args.e2e_workloads else [w for w in names if w != "s4"]
+        e2e = e2e_speed.measure(e2e_names, args.e2e_reps, args.device, e2e_skip)
         e2e_speed.print_e2e(e2e)
     print_targets(results, e2e)
     print(

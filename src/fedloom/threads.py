@@ -9,8 +9,10 @@ core busy, every parallel region waits for the thread that has no core: small GE
 1. **Probe.** Before the first cohort trains, a kernel shaped like the cohort's own work (the first
    layer's batched matmul ``[clients, batch, in] × [clients, in, out]`` and its weight gradient for
    Linear stacks; one forward and backward of the model otherwise) is timed at each candidate thread
-   count (1, 2, 4, … up to torch's default), interleaved, median of a few repetitions.
-2. **Decide** (:func:`choose`): the fewest threads whose median is within ``tolerance`` of the fastest.
+   count (1, 2, 4, … up to torch's default), interleaved, a few repetitions; a count that is 3× slower
+   than the best is not timed further (under load a collapsed count would otherwise dominate the cost).
+2. **Decide** (:func:`choose`): the fewest threads whose mean time is within ``tolerance`` of the fastest.
+   The mean, not the median: a run pays the total, and under load the slow samples are the point.
    Fewer threads win near-ties because they are the ones that do not collapse when load arrives.
 3. **Look again** (:class:`ThreadTuner.observe`): every cohort's seconds per trained sample are watched;
    when a cohort is much slower than the best since the last probe (load arrived), or a while has passed
@@ -37,7 +39,7 @@ TOLERANCE = 0.10  # fewer threads win unless more threads are >10 % faster (the 
 SLOWDOWN = 1.6  # a cohort this much slower per sample than the best since the last probe triggers a new one
 RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
-_REPS = 5  # interleaved repetitions per candidate; the decision uses medians
+_REPS = 5  # interleaved repetitions per candidate; the decision uses means
 _DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
 _TARGET_SECONDS = 1e-3  # one timed sample repeats the probe until it lasts about this long
 _PROBE_CLIENTS = 256  # clients in a probe: enough to parallelize over, few enough to cost milliseconds
@@ -54,7 +56,7 @@ def candidates(maximum: int) -> list[int]:
 
 
 def choose(timings: dict[int, list[float]], tolerance: float = TOLERANCE) -> int:
-    """The fewest threads whose median time is within ``tolerance`` of the fastest median.
+    """The fewest threads whose mean time is within ``tolerance`` of the fastest mean.
 
     >>> choose({1: [1.0, 1.1, 0.9], 2: [0.5, 0.6, 0.55]})  # idle: 2 threads nearly twice as fast
     2
@@ -63,7 +65,7 @@ def choose(timings: dict[int, list[float]], tolerance: float = TOLERANCE) -> int
     """
     if not timings:
         raise ValueError("no timings to choose from")
-    med = {n: statistics.median(t) for n, t in timings.items()}
+    med = {n: statistics.fmean(t) for n, t in timings.items()}
     best = min(med.values())
     return min(n for n, m in med.items() if m <= best * (1 + tolerance))
 
@@ -83,16 +85,20 @@ def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> 
         once = time.perf_counter() - t0
         inner = max(1, min(1000, int(_TARGET_SECONDS / max(once, 1e-7))))
         reps = reps if once < 2 * _TARGET_SECONDS else min(reps, 3)  # a slow probe: fewer repetitions
-        alive = list(counts)
+        alive, best = list(counts), float("inf")
         for _ in range(reps):
             for n in alive:
                 torch.set_num_threads(n)
-                t0 = time.perf_counter()
-                for _ in range(inner):
+                t0, calls = time.perf_counter(), 0
+                while calls < inner:  # cut short once 3× the best sample: a collapsed count costs little
                     probe()
-                times[n].append((time.perf_counter() - t0) / inner)
-            best = min(statistics.median(times[n]) for n in alive)  # a count 3× slower is out: stop paying for it
-            alive = [n for n in alive if statistics.median(times[n]) <= _DROP * best]
+                    calls += 1
+                    if time.perf_counter() - t0 > _DROP * best * inner:
+                        break
+                times[n].append((time.perf_counter() - t0) / calls)
+                best = min(best, times[n][-1])
+            best_mean = min(statistics.fmean(times[n]) for n in alive)  # a count 3× slower is out
+            alive = [n for n in alive if statistics.fmean(times[n]) <= _DROP * best_mean]
     finally:
         torch.set_num_threads(before)
     return times
@@ -140,7 +146,7 @@ class ThreadTuner:
     def probe(self, probe: Callable[[], None]) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it."""
         counts = candidates(self.maximum)
-        if len(counts) == 1 or statistics.median(self.measure_fn(probe, [1])[1]) < _TINY_SECONDS:
+        if len(counts) == 1 or statistics.fmean(self.measure_fn(probe, [1])[1]) < _TINY_SECONDS:
             chosen = 1  # one core, or a kernel below torch's parallel grain: threads cannot help
         else:
             chosen = choose(self.measure_fn(probe, counts))
