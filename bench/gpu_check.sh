@@ -30,7 +30,7 @@ OUT_DIR="${OUT:-/tmp/fedloom-gpu-check}"
 mkdir -p "$OUT_DIR"
 
 echo "== 1. versions"
-"$PY" - <<'PY' || { echo "gpu_check: a required package is missing (see above)"; exit 2; }
+"$PY" - <<'PY' || { echo "gpu_check: no CUDA device, or a required package is missing (see above)"; exit 2; }
 import importlib, platform, sys
 import torch
 print(f"python {platform.python_version()} ({sys.executable})")
