@@ -60,6 +60,9 @@ def use_device(device: torch.device, engine: object, server: object) -> None:
     for eng in (engine, getattr(engine, "vectorized", None)):
         if eng is not None and hasattr(eng, "device"):
             eng.device = device
+    if device.type == "cuda":  # TF32 (cuDNN's default for convolutions) rounds to ~1e-3: keep CPU-equal float32
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if device.type != "cpu":
         server.eval_model = copy.deepcopy(server.model).to(device)
         server.x_eval, server.y_eval = server.x_eval.to(device), server.y_eval.to(device)
