@@ -5,6 +5,13 @@ pfl-research, in one process run, printed as one ratio table.
     python bench/sim_speed.py --quick              # one timed repetition, S3 with the vectorized engine only
     python bench/sim_speed.py --workloads seed,s1 --threads 2
     python bench/sim_speed.py --skip flower,pfl    # without the (slow) external contenders
+    python bench/sim_speed.py --device cuda        # fedloom on the GPU (adds s4: 1 000 CNN clients, MNIST-5k)
+
+fedloom's contenders: ``fedloom default`` (what a user gets: engine auto, ``runtime.threads: auto`` — its
+threads column shows the count it chose — and ``runtime.device`` from ``--device``), and the vectorized and
+sequential engines pinned to the row's thread count. After the in-process table comes a fresh-process one
+(``bench/e2e_speed.py``): ``fedloom run`` at its defaults against the book loop and Flower's simulation, wall
+time from launch to exit; then issue 12's targets.
 
 External contenders, each skipped with a message when it is not installed:
 
@@ -25,7 +32,10 @@ the server step ``G += λ·Σ diff`` with ``λ = 1/k`` (the mean update):
         batch 32, lr 0.1
 - s2:   digits, mlp [32], 100 clients, all 100 per round, 5 rounds, 1 epoch, batch 10, lr 0.3
 - s3:   Synthetic(1, 1) (FedProx §5.1), logreg, 10 000 clients, 1 000 per round, 2 rounds: peak RSS, each
-        contender in its own subprocess so the number is that workload's alone.
+        contender in its own subprocess so the number is that workload's alone (the CLI runs
+        bench/configs/s3.json, the same workload through ``type: synthetic``).
+- s4:   mnist 5k, cnn, 1 000 clients × 4 rows, all per round, 3 rounds, batch 4, lr 0.05 (a GPU-sized cohort;
+        only fedloom and the book loop run it)
 
 Time is the round loop (local training, aggregation and evaluation of every round), after a warm-up run of
 the same contender in the same process: the first ``torch.optim`` step of a process costs ~1.5–2 s here.
