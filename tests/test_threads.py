@@ -13,7 +13,9 @@ from fedloom.errors import ConfigError
 @pytest.fixture(autouse=True)
 def _restore_threads():
     before = torch.get_num_threads()
+    th._DECISIONS.clear()
     yield
+    th._DECISIONS.clear()
     torch.set_num_threads(before)
 
 
@@ -48,41 +50,64 @@ def test_choose_uses_means():
     assert th.choose({1: [1.0, 1.0, 1.0], 2: [0.5, 0.5, 2.6]}) == 1
 
 
-def test_probe_sets_the_choice_and_skips_tiny_kernels():
+def test_probe_sets_the_choice():
     calls = []
 
-    def fake(timings):
-        def measure(probe, counts):
-            calls.append(counts)
-            return {n: timings[n] for n in counts}
+    def measure(probe, counts):
+        calls.append(counts)
+        return {1: [1e-3], 2: [0.5e-3]}
 
-        return measure
-
-    tuner = th.ThreadTuner(maximum=2, measure_fn=fake({1: [1e-3], 2: [0.5e-3]}))
+    tuner = th.ThreadTuner(maximum=2, measure_fn=measure)
     assert tuner.probe(lambda: None) == 2 and torch.get_num_threads() == 2
-    assert calls == [[1], [1, 2]] and tuner.history == [2]  # 1 thread alone first: is the kernel tiny?
-    calls.clear()
-    tiny = th.ThreadTuner(maximum=2, measure_fn=fake({1: [5e-6], 2: [2e-6]}))  # below torch's parallel grain
-    assert tiny.probe(lambda: None) == 1 and calls == [[1]]  # no other count timed
-    calls.clear()
-    single = th.ThreadTuner(maximum=1, measure_fn=fake({}))
-    assert single.probe(lambda: None) == 1 and calls == []  # nothing to measure on one core
+    assert calls == [[1, 2]] and tuner.history == [2]
+    single = th.ThreadTuner(maximum=1, measure_fn=measure)
+    assert single.probe(lambda: None) == 1 and len(calls) == 1  # nothing to measure on one core
 
 
-def test_measure_stops_timing_a_collapsed_count(monkeypatch):
-    clock = [0.0]
-    cost = {1: 1e-4, 2: 5e-3}  # 2 threads collapsed (a busy core): 50× slower
-    calls = {1: 0, 2: 0}
+def _fake_clock(monkeypatch, cost):
+    clock, calls = [0.0], {n: 0 for n in cost}
 
     def probe():
         clock[0] += cost[torch.get_num_threads()]
         calls[torch.get_num_threads()] += 1
 
     monkeypatch.setattr(th.time, "perf_counter", lambda: clock[0])
-    times = th.measure(probe, [1, 2], reps=5)
-    assert len(times[1]) == 5 and len(times[2]) == 1  # dropped after its first repetition
+    return probe, calls
+
+
+def test_measure_skips_other_counts_for_tiny_kernels(monkeypatch):
+    probe, calls = _fake_clock(monkeypatch, {1: 5e-6, 2: 2e-6})  # below torch's parallel grain
+    times = th.measure(probe, [1, 2])
+    assert list(times) == [1] and calls[2] == 0  # 2 threads never even warmed up
+    assert th.choose(times) == 1
+
+
+def test_decisions_are_reused_for_the_same_kernel_until_recheck_seconds():
+    now, calls = [0.0], []
+
+    def measure(probe, counts):
+        calls.append(counts)
+        return {1: [1e-3], 2: [0.5e-3]}
+
+    def probe():
+        pass
+
+    probe.key = ("linear", 8, 32, 784, 100)
+    first = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=measure)
+    second = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=measure)
+    assert first.probe(probe) == 2 and second.probe(probe) == 2 and len(calls) == 1  # the second one reused it
+    assert second.probe(probe, fresh=True) == 2 and len(calls) == 2  # a re-check always measures
+    now[0] += th.RECHECK_SECONDS
+    assert first.probe(probe) == 2 and len(calls) == 3  # too old: measured again
+    assert first.probe(lambda: None) == 2 and len(calls) == 4  # a probe without a key is never reused
+
+
+def test_measure_stops_timing_a_collapsed_count(monkeypatch):
+    probe, calls = _fake_clock(monkeypatch, {1: 5e-5, 2: 5e-3})  # 2 threads collapsed (a busy core): 100× slower
+    times = th.measure(probe, [1, 2], reps=3)
+    assert len(times[1]) == 3 and len(times[2]) == 1  # dropped after its first repetition
     assert times[2][0] == pytest.approx(5e-3)  # one call's time: cut short, not the 10 calls a sample has at 1 thread
-    assert calls[2] == 2  # its warm-up and that one call: the whole probe paid 10 ms for the collapsed count
+    assert calls[2] == 1  # that one call: 5 ms for the collapsed count in all
     assert th.choose(times) == 1
 
 

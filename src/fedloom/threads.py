@@ -34,14 +34,15 @@ from torch import nn
 
 __all__ = ["ThreadTuner", "TunedEngine", "choose", "candidates", "tune_threads", "threads_summary"]
 
+_DECISIONS: dict[tuple, tuple[float, int]] = {}  # (kernel key, max threads) → (when, threads chosen)
 _TORCH_DEFAULT = torch.get_num_threads()  # read at import, before anyone changes it: one per core by default
 TOLERANCE = 0.10  # fewer threads win unless more threads are >10 % faster (the issue's idle-machine budget)
 SLOWDOWN = 1.6  # a cohort this much slower per sample than the best since the last probe triggers a new one
 RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
-_REPS = 5  # interleaved repetitions per candidate; the decision uses means
+_REPS = 3  # interleaved repetitions per candidate; the decision uses means
 _DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
-_TARGET_SECONDS = 1e-3  # one timed sample repeats the probe until it lasts about this long
+_TARGET_SECONDS = 5e-4  # one timed sample repeats the probe until it lasts about this long
 _PROBE_CLIENTS = 256  # clients in a probe: enough to parallelize over, few enough to cost milliseconds
 _PROBE_ROWS = 2048  # rows of a whole-model probe
 
@@ -71,26 +72,33 @@ def choose(timings: dict[int, list[float]], tolerance: float = TOLERANCE) -> int
 
 
 def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> dict[int, list[float]]:
-    """Seconds per probe call at each thread count, repetitions interleaved so load hits all alike."""
+    """Seconds per probe call at each thread count, repetitions interleaved so load hits all alike.
+
+    ``counts[0]`` (1) is calibrated first; when a call there is below ``_TINY_SECONDS`` the other counts are
+    not timed at all (torch would not parallelize it). A sample is cut short once it is ``_DROP``× the best
+    one, and a count that far behind is not timed again: a collapsed count costs about one call."""
     before = torch.get_num_threads()
     times: dict[int, list[float]] = {n: [] for n in counts}
-    inner = 1
     try:
-        for n in counts:  # warm-up: thread pools, allocator, first-call dispatch
-            torch.set_num_threads(n)
+        torch.set_num_threads(counts[0])
+        probe()  # warm-up: allocator, first-call dispatch
+        singles = []
+        for _ in range(3):  # the fastest of three single calls: preemption only ever adds time
+            t0 = time.perf_counter()
             probe()
-        torch.set_num_threads(counts[0])  # calibrate on the fewest threads: they do not collapse under load
-        t0 = time.perf_counter()
-        probe()
-        once = time.perf_counter() - t0
-        inner = max(1, min(1000, int(_TARGET_SECONDS / max(once, 1e-7))))
-        reps = reps if once < 2 * _TARGET_SECONDS else min(reps, 3)  # a slow probe: fewer repetitions
+            singles.append(time.perf_counter() - t0)
+        once = min(singles)
+        if once < _TINY_SECONDS:
+            return {counts[0]: singles}  # too small for torch to parallelize: nothing else to time
+        inner = max(1, min(1000, int(_TARGET_SECONDS / once)))
         alive, best = list(counts), float("inf")
         for _ in range(reps):
             for n in alive:
+                # no warm-up for n > 1: a sample lasts ~_TARGET_SECONDS, far more than a thread pool's start,
+                # and under load a warm-up call of a collapsed count would cost a whole scheduler slice
                 torch.set_num_threads(n)
                 t0, calls = time.perf_counter(), 0
-                while calls < inner:  # cut short once 3× the best sample: a collapsed count costs little
+                while calls < inner:
                     probe()
                     calls += 1
                     if time.perf_counter() - t0 > _DROP * best * inner:
@@ -101,7 +109,7 @@ def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> 
             alive = [n for n in alive if statistics.fmean(times[n]) <= _DROP * best_mean]
     finally:
         torch.set_num_threads(before)
-    return times
+    return {n: t for n, t in times.items() if t}
 
 
 def linear_probe(clients: int, batch: int, features: int, out: int) -> Callable[[], None]:
@@ -115,6 +123,7 @@ def linear_probe(clients: int, batch: int, features: int, out: int) -> Callable[
         torch.baddbmm(b, x, w)
         torch.bmm(g.transpose(1, 2), x, out=gw)
 
+    probe.key = ("linear", clients, batch, features, out)  # same shapes, same decision (see ThreadTuner.probe)
     return probe
 
 
@@ -127,6 +136,7 @@ def model_probe(model: nn.Module, rows: int, features: int) -> Callable[[], None
         work.zero_grad(set_to_none=True)
         work(x).sum().backward()
 
+    probe.key = ("model", repr(model), rows, features)
     return probe
 
 
@@ -143,13 +153,18 @@ class ThreadTuner:
     _best_rate: float = float("inf")  # seconds per sample, best cohort since the last probe
     _since: float = 0.0  # training seconds since the last probe
 
-    def probe(self, probe: Callable[[], None]) -> int:
-        """Time ``probe`` at each candidate count, set the chosen one and return it."""
-        counts = candidates(self.maximum)
-        if len(counts) == 1 or statistics.fmean(self.measure_fn(probe, [1])[1]) < _TINY_SECONDS:
-            chosen = 1  # one core, or a kernel below torch's parallel grain: threads cannot help
+    def probe(self, probe: Callable[[], None], fresh: bool = False) -> int:
+        """Time ``probe`` at each candidate count, set the chosen one and return it. A decision made in this
+        process for the same kernel less than ``RECHECK_SECONDS`` ago is reused unless ``fresh``."""
+        key = (getattr(probe, "key", None), self.maximum)
+        cached = _DECISIONS.get(key) if key[0] is not None and not fresh else None
+        if cached is not None and self.clock() - cached[0] < RECHECK_SECONDS:
+            chosen = cached[1]
         else:
-            chosen = choose(self.measure_fn(probe, counts))
+            counts = candidates(self.maximum)
+            chosen = 1 if len(counts) == 1 else choose(self.measure_fn(probe, counts))
+            if key[0] is not None:
+                _DECISIONS[key] = (self.clock(), chosen)
         self.probes += 1
         self.history.append(chosen)
         self.threads = chosen
@@ -196,7 +211,8 @@ class TunedEngine:
 
     def train(self, model: nn.Module, global_vec: torch.Tensor, data, clients: list[int], spec, *args, **kwargs):
         if self._pending and clients:
-            self.tuner.probe(_probe_for(self.engine, model, data, len(clients), spec.batch_size))
+            fresh = self.tuner.probes > 0  # a re-check asked for by observe(): measure again
+            self.tuner.probe(_probe_for(self.engine, model, data, len(clients), spec.batch_size), fresh)
             self._pending = False
         t0 = self.tuner.clock()
         out = self.engine.train(model, global_vec, data, clients, spec, *args, **kwargs)
