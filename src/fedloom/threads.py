@@ -18,7 +18,10 @@ core busy, every parallel region waits for the thread that has no core: small GE
    when a cohort is much slower than the best since the last probe (load arrived), or a while has passed
    (load may have left), the probe runs again.
 
-A probe costs a few milliseconds; kernels too small for torch to parallelize skip it and use 1 thread.
+On an idle machine a probe costs a few milliseconds; beside busy cores about one scheduler slice per thread
+count tried (a collapsed count is timed for one call, then dropped). Kernels too small for torch to
+parallelize are decided at 1 thread from three single calls, and a decision is reused for the same kernel
+shapes within ``RECHECK_SECONDS`` in one process (a sweep of runs probes once, not once per run).
 """
 
 from __future__ import annotations
