@@ -115,8 +115,8 @@ def test_observe_asks_again_when_a_cohort_gets_much_slower():
     tuner = th.ThreadTuner(maximum=2, measure_fn=lambda p, c: {1: [1e-3], 2: [0.5e-3]})
     tuner.probe(lambda: None)
     assert not tuner.observe(0.10, 1000)  # 1e-4 s per sample: the baseline
-    assert not tuner.observe(0.15, 1000)  # 1.5×: within SLOWDOWN
-    assert tuner.observe(0.20, 1000)  # 2× slower per sample: load arrived, measure again
+    assert not tuner.observe(0.20, 1000)  # 2×: load noise, within SLOWDOWN
+    assert tuner.observe(0.30, 1000)  # 3× slower per sample: load arrived, measure again
     tuner.probe(lambda: None)
     assert not tuner.observe(0.05, 100)  # a new baseline after each probe (5e-4 per sample)
 

@@ -40,7 +40,8 @@ __all__ = ["ThreadTuner", "TunedEngine", "choose", "candidates", "tune_threads",
 _DECISIONS: dict[tuple, tuple[float, int]] = {}  # (kernel key, max threads) → (when, threads chosen)
 _TORCH_DEFAULT = torch.get_num_threads()  # read at import, before anyone changes it: one per core by default
 TOLERANCE = 0.10  # fewer threads win unless more threads are >10 % faster (the idle-machine budget)
-SLOWDOWN = 1.6  # a cohort this much slower per sample than the best since the last probe triggers a new one
+SLOWDOWN = 2.5  # a cohort this much slower per sample than the best since the last probe triggers a new one
+# (a collapse is 10× and more; load noise on a shared machine reaches 2×, which must not trigger probes)
 RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
 _REPS = 3  # interleaved repetitions per candidate; the decision uses means
