@@ -5,6 +5,13 @@ pfl-research, in one process run, printed as one ratio table.
     python bench/sim_speed.py --quick              # one timed repetition, S3 with the vectorized engine only
     python bench/sim_speed.py --workloads seed,s1 --threads 2
     python bench/sim_speed.py --skip flower,pfl    # without the (slow) external contenders
+    python bench/sim_speed.py --device cuda        # fedloom on the GPU (adds s4: 1 000 CNN clients, MNIST-5k)
+
+fedloom's contenders: ``fedloom default`` (what a user gets: engine auto, ``runtime.threads: auto`` — its
+threads column shows the count it chose — and ``runtime.device`` from ``--device``), and the vectorized and
+sequential engines pinned to the row's thread count. After the in-process table comes a fresh-process one
+(``bench/e2e_speed.py``): ``fedloom run`` at its defaults against the book loop and Flower's simulation, wall
+time from launch to exit; then issue 12's targets.
 
 External contenders, each skipped with a message when it is not installed:
 
@@ -25,7 +32,10 @@ the server step ``G += λ·Σ diff`` with ``λ = 1/k`` (the mean update):
         batch 32, lr 0.1
 - s2:   digits, mlp [32], 100 clients, all 100 per round, 5 rounds, 1 epoch, batch 10, lr 0.3
 - s3:   Synthetic(1, 1) (FedProx §5.1), logreg, 10 000 clients, 1 000 per round, 2 rounds: peak RSS, each
-        contender in its own subprocess so the number is that workload's alone.
+        contender in its own subprocess so the number is that workload's alone (the CLI runs
+        bench/configs/s3.json, the same workload through ``type: synthetic``).
+- s4:   mnist 5k, cnn, 1 000 clients × 4 rows, all per round, 3 rounds, batch 4, lr 0.05 (a GPU-sized cohort;
+        only fedloom and the book loop run it)
 
 Time is the round loop (local training, aggregation and evaluation of every round), after a warm-up run of
 the same contender in the same process: the first ``torch.optim`` step of a process costs ~1.5–2 s here.
@@ -73,13 +83,21 @@ WORKLOADS = {
            "local_epochs": 1, "batch_size": 10, "lr": 0.3},
     "s3": {"type": "iris", "model_name": "logreg", "no_models": 10_000, "k": 1_000, "global_epochs": 2,
            "local_epochs": 1, "batch_size": 10, "lr": 0.05},
+    "s4": {"type": "mnist", "model_name": "cnn", "no_models": 1_000, "k": 1_000, "global_epochs": 3,
+           "local_epochs": 1, "batch_size": 4, "lr": 0.05},
 }  # fmt: skip
 S3_DATA = {"num_samples": 500_000, "dim": 60, "classes": 10, "alpha": 1.0, "beta": 1.0, "eval_fraction": 0.1}
 SEED = 0
 
 
-def config(workload: str, engine: str = "auto") -> Config:
-    raw = dict(WORKLOADS[workload], seed=SEED, runtime={"engine": engine, "checkpoint": False})
+DEVICE = "cpu"  # runtime.device of fedloom's contenders (--device); the other contenders run on the CPU
+
+
+def config(workload: str, engine: str = "auto", threads: int | str | None = None) -> Config:
+    """The workload's config; ``threads`` None: the thread count torch has now (the table's column)."""
+    runtime = {"engine": engine, "checkpoint": False, "device": DEVICE,
+               "threads": torch.get_num_threads() if threads is None else threads}  # fmt: skip
+    raw = dict(WORKLOADS[workload], seed=SEED, runtime=runtime)
     raw["lambda"] = 1.0 / raw["k"]
     return build_config(raw)
 
@@ -114,10 +132,13 @@ Result = dict[str, float]
 nan = float("nan")
 
 
-def run_fedloom(engine: str) -> Callable[[str, FedData], Result]:
+def run_fedloom(engine: str, threads: str | None = None) -> Callable[[str, FedData], Result]:
+    """fedloom with ``engine``, at the table's thread count, or at ``threads`` (``"auto"``: the default)."""
+
     def run(workload: str, data: FedData) -> Result:
+        before = torch.get_num_threads()
         t0 = time.perf_counter()
-        fed = Federation.build(config(workload, engine), data)
+        fed = Federation.build(config(workload, engine, threads), data)
         inner, spent = fed.engine.train, [0.0]
 
         def timed(*args, **kwargs):
@@ -130,10 +151,11 @@ def run_fedloom(engine: str) -> Callable[[str, FedData], Result]:
         cpu = time.process_time()
         res = run_federation(fed)
         cpu, end_to_end = time.process_time() - cpu, time.perf_counter() - t0
-        assert res.summary["engine"] == engine, res.summary["engine"]
+        torch.set_num_threads(before)  # `auto` may have changed it: the next contender runs at the table's count
+        assert engine == "auto" or res.summary["engine"] == engine, res.summary["engine"]
         acc = res.summary["final_accuracy"]
         return {"seconds": res.summary["train_seconds"], "end_to_end": end_to_end, "cpu": cpu, "train": spent[0],
-                "accuracy": acc}  # fmt: skip
+                "accuracy": acc, "threads_used": float(res.summary["threads"])}  # fmt: skip
 
     return run
 
@@ -282,6 +304,7 @@ PFL_HINT = (
     "torch==2.13.0 pfl` (pfl pins an older attrs than flwr) or pass --pfl-python PATH"
 )
 CONTENDERS: dict[str, Callable[[str, FedData], Result]] = {
+    "fedloom default": run_fedloom("auto", "auto"),  # runtime.threads auto, engine auto: what a user gets
     "fedloom vectorized": run_fedloom("vectorized"),
     "fedloom sequential": run_fedloom("sequential"),
     "book-style loop": run_book,
@@ -290,9 +313,15 @@ CONTENDERS: dict[str, Callable[[str, FedData], Result]] = {
 }
 SKIPPED: dict[str, str | None] = {}  # contender → reason, filled by main()
 SHORT = {"flower": "flower simulation", "pfl": "pfl-research", "book": "book-style loop",
-         "sequential": "fedloom sequential"}  # fmt: skip
+         "sequential": "fedloom sequential", "default": "fedloom default"}  # fmt: skip
 EXTERNAL = ("flower simulation", "pfl-research")
-IN_S3 = ("fedloom vectorized", "fedloom sequential", "book-style loop")  # Flower's 10 000 Ray clients: not here
+ONLY = {"s4": ("fedloom default", "fedloom vectorized", "book-style loop")}  # 1 000 CNN clients: no others
+IN_S3 = (
+    "fedloom default",
+    "fedloom vectorized",
+    "fedloom sequential",
+    "book-style loop",
+)  # Flower's 10 000 Ray clients: not here
 
 
 def find_skips(skip: set[str], pfl_python: str | None) -> dict[str, str | None]:
@@ -329,7 +358,7 @@ def time_workload(workload: str, threads: list[int], reps: int) -> dict[str, dic
     """{contender: {threads: median result}} for the runnable contenders. An external contender that fails
     is dropped from the run with its error in SKIPPED; fedloom's own contenders' errors propagate."""
     data = workload_data(workload)
-    runnable = {n: f for n, f in CONTENDERS.items() if not SKIPPED.get(n)}
+    runnable = {n: f for n, f in CONTENDERS.items() if not SKIPPED.get(n) and n in ONLY.get(workload, CONTENDERS)}
     out: dict[str, dict[int, Result]] = {n: {} for n in runnable}
 
     def attempt(name: str) -> Result | None:
@@ -422,14 +451,16 @@ def print_table(results: dict, s3_res: dict | None, s3_threads: int) -> None:
                 cells += [f"{r['cpu']:.3f}" if r["cpu"] == r["cpu"] else "", _ratio(b["cpu"], r["cpu"])]
                 cells += [f"{r['train']:.3f}" if r["train"] == r["train"] else ""]
                 cells += [_ratio(b["train"], r["train"]), f"{r['accuracy']:.4f}"]
-                rows.append([workload, name, str(t), *cells])
+                shown = f"auto→{int(r['threads_used'])}" if name == "fedloom default" else str(t)
+                rows.append([workload, name, shown, *cells])
     for name, r in (s3_res or {}).items():
         if "error" in r:
             rows.append(["s3", name, str(s3_threads), f"failed: {r['error']}"])
             continue
         cells = [f"{r['seconds']:.3f}", "", f"{r['end_to_end']:.3f}", "", f"{r['cpu']:.3f}", "", f"{r['train']:.3f}",
                  "", f"{r['accuracy']:.4f}"]  # fmt: skip
-        rows.append(["s3", name, str(s3_threads), *cells, f"peak RSS {r['peak_rss_mb']:.0f} MB"])
+        shown = f"auto→{int(r['threads_used'])}" if name == "fedloom default" else str(s3_threads)
+        rows.append(["s3", name, shown, *cells, f"peak RSS {r['peak_rss_mb']:.0f} MB"])
     full = [r for r in rows if len(r) >= len(head)]
     widths = [max(len(x) for x in col) for col in zip(head, *full)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
@@ -483,27 +514,37 @@ def print_external(results: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one timed repetition; S3 with the vectorized engine only")
-    p.add_argument("--workloads", default="seed,s1,s2,s3", help="comma-separated subset of seed,s1,s2,s3")
+    p.add_argument("--workloads", help="comma-separated subset of seed,s1,s2,s3,s4 (default: seed,s1,s2,s3; with "
+                   "--device cuda also s4, 1 000 CNN clients on MNIST-5k)")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="fedloom's runtime.device")
+    p.add_argument("--e2e-reps", type=int, default=3, help="fresh-process end-to-end repetitions (0: skip that table)")
+    p.add_argument("--e2e-workloads", help="workloads of the end-to-end table (default: --workloads but s4)")
     p.add_argument("--threads", default="1,2", help="torch thread counts to time, e.g. 1,2")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per contender (the table shows medians)")
     p.add_argument("--skip", default="", help="comma-separated contenders to leave out: flower, pfl, book, sequential")
     p.add_argument("--pfl-python", help=f"Python of pfl's environment (default: {PFL_VENV}, when it exists)")
     p.add_argument("--s3-child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    global DEVICE
+    DEVICE = os.environ.get("BENCH_DEVICE", "cpu") if args.s3_child else args.device
+    os.environ["BENCH_DEVICE"] = DEVICE  # the S3 children read it from the environment
     if args.s3_child:
         return s3_child(args.s3_child)
     skip = {w.strip().lower() for w in args.skip.split(",") if w.strip()}
     if skip - set(SHORT):
         p.error(f"unknown --skip {sorted(skip - set(SHORT))}; known: {', '.join(SHORT)}")
     SKIPPED.update(find_skips({SHORT[w] for w in skip}, args.pfl_python))
-    names = [w.strip().lower() for w in args.workloads.split(",") if w.strip()]
+    workloads = args.workloads or ("seed,s1,s2,s3" + (",s4" if args.device == "cuda" else ""))
+    names = [w.strip().lower() for w in workloads.split(",") if w.strip()]
     unknown = set(names) - set(WORKLOADS)
     if unknown:
         p.error(f"unknown workloads {sorted(unknown)}; known: {', '.join(WORKLOADS)}")
     threads = [int(t) for t in args.threads.split(",")]
     reps = 1 if args.quick else args.reps
     load = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load:.1f} at start; median of {reps};")
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {gpu}; fedloom's device {DEVICE}; "
+          f"load average {load:.1f} at start; median of {reps};")  # fmt: skip
     print("λ = 1/k; round loop = local training + aggregation + evaluation of every round, after a warm-up run")
     try:
         results = {w: time_workload(w, threads, reps) for w in names if w != "s3"}
@@ -511,7 +552,7 @@ def main() -> None:
         PflProcess.close()
     s3_res = None
     if "s3" in names:
-        s3_res = s3(["fedloom vectorized"] if args.quick else list(IN_S3), min(threads))
+        s3_res = s3(["fedloom vectorized"] if args.quick else [n for n in IN_S3 if not SKIPPED.get(n)], min(threads))
     print()
     print_table(results, s3_res, min(threads))
     if "s1" in results:
@@ -521,15 +562,55 @@ def main() -> None:
         for t in threads:
             speed = sgemm_gflops(t)
             floor = flops / speed / 1e9
-            vec = results["s1"]["fedloom vectorized"][t]["seconds"]
+            vec = results["s1"]["fedloom vectorized"].get(t, {}).get("seconds", nan)
             print(
                 f"S1 compute floor @{t} thread(s): {flops / 1e9:.2f} GFLOP (training {train_flops / 1e9:.2f} + "
                 f"evaluation {eval_flops / 1e9:.2f}) ÷ {speed:.0f} GFLOP/s (sgemm 1024³, measured now) = "
                 f"{floor:.3f} s; fedloom vectorized round loop {vec:.3f} s = {vec / floor:.1f}× the floor"
             )
+    e2e = None
+    if args.e2e_reps > 0:
+        import e2e_speed
+
+        print()
+        e2e_skip = {w for w in ("book", "flower") if w in skip or SKIPPED.get(SHORT[w])}
+        e2e_names = args.e2e_workloads.split(",") if args.e2e_workloads else [w for w in names if w != "s4"]
+        e2e = e2e_speed.measure(e2e_names, args.e2e_reps, args.device, e2e_skip)
+        e2e_speed.print_e2e(e2e)
+    print_targets(results, e2e)
     print(
         f"\nload average {os.getloadavg()[0]:.1f} at end (other jobs share this machine: compare ratios, not seconds)"
     )
+
+
+TARGETS = {"seed": 10.0, "s1": 2.5, "s2": 10.0}  # issue 12: × the book-style loop pinned to 1 thread
+
+
+def print_targets(results: dict, e2e: dict | None) -> None:
+    """Issue 12's targets at the defaults: the CLI's cold ``train_seconds`` (fresh process, first round included)
+    and the warm round loop of ``fedloom default``, each against the book loop's warm round loop at 1 thread."""
+    print("\nIssue 12 targets (fedloom at its defaults; book-style loop pinned to 1 thread, warm):")
+    for w, goal in TARGETS.items():
+        book = results.get(w, {}).get("book-style loop", {}).get(1)
+        warm = results.get(w, {}).get("fedloom default", {})
+        if book is None or not warm:
+            continue
+        ratios = {"warm": book["seconds"] / statistics.median(r["seconds"] for r in warm.values())}
+        cold = ((e2e or {}).get(w) or {}).get("fedloom run (CLI)", {}).get("train_seconds")
+        if cold:
+            ratios["CLI cold"] = book["seconds"] / cold
+        shown = ", ".join(f"{k} {v:.1f}×" for k, v in ratios.items())
+        print(
+            f"  {w}: {shown} the book loop (target ≥ {goal:g}×: {'met' if min(ratios.values()) >= goal else 'NOT met'})"
+        )
+    for name, goal, key in (("flower simulation", 30.0, "end_to_end"), ("pfl-research", 2.5, "seconds")):
+        theirs, ours = results.get("s1", {}).get(name, {}), results.get("s1", {}).get("fedloom default", {})
+        if theirs and ours:
+            t = max(theirs)
+            ratio = theirs[t][key] / statistics.median(r[key] for r in ours.values())
+            verdict = "met" if ratio >= goal else "NOT met"
+            print(f"  s1 vs {name} @{t}: {key.replace('_', ' ')} {ratio:.1f}× (target ≥ {goal:g}×: {verdict})")
+    print("  (s1 against the book loop and pfl-research is capped near 3.2× by the compute floor printed above)")
 
 
 if __name__ == "__main__":

@@ -133,12 +133,13 @@ def _finish_run(args, run_dir, summary: dict, state: dict, data, t0: float, titl
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
+
+    t0 = time.perf_counter()
+    cfg = load_config(args.config, args.set)  # before torch is imported: a config mistake reports at once
     from .params import load_into
     from .runs import RunDir, default_out_dir
     from .simulation import Federation, resume_from, run_federation
 
-    t0 = time.perf_counter()
-    cfg = load_config(args.config, args.set)
     if cfg.secure.protocol == "encrypted-model":
         return _run_encrypted_model(cfg, args, t0)
     fed = Federation.build(cfg)  # data errors surface here, before anything is written

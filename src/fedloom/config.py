@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -68,7 +68,12 @@ class RuntimeConfig(_Section):
     chunk: int | None = Field(
         None, ge=1, description="clients the vectorized engine trains together (default: sized from free memory)"
     )
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="torch intra-op threads; auto: measured on the run's kernels (fedloom.threads)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the vectorized engine and evaluation run; auto: cuda when present (fedloom.device)"
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="probability a sampled client fails this round")
     min_clients: int = Field(1, ge=1, description="fewest answers with which a round still counts")
     round_timeout: float | None = Field(

@@ -84,7 +84,8 @@ class LinearKernel:
                 layer[5] = (p[k], p[k + 1], g[k], g[k + 1], b[j], b[j + 1], *norm)
                 k, j = k + 2, j + 2
             layers.append(layer)
-        return layers, torch.full((a, self.batch, 1), -1.0)  # the −onehot(y) scattered into softmax
+        minus_one = torch.full((a, self.batch, 1), -1.0, device=p[0].device)  # −onehot(y), scattered into softmax
+        return layers, minus_one
 
     def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
         layers, minus_one = views

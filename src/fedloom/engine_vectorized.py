@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .data import FedData
+from .device import on_device
 from .engine_kernels import LinearKernel, VmapKernel, fast_stack, sgd_
 from .errors import ConfigError
 from .params import state_tensors
@@ -86,6 +87,10 @@ class _Plan:
     owner: torch.Tensor  # [slots] int64 position of the slot's client in the chunk
     active: list[int]  # [steps]
     offsets: list[int]  # [steps + 1]
+
+    def to(self, device: torch.device) -> _Plan:
+        t = [x.to(device) for x in (self.rows, self.y, self.weight, self.owner)]
+        return _Plan(*t, self.active, self.offsets)
 
 
 def steps_per_epoch(n: np.ndarray, batch: int, skip_single: bool) -> np.ndarray:
@@ -146,11 +151,12 @@ def _segments(plan: _Plan, row_bytes: int) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------------------------------------- engine
 def _train_chunk(
     model: nn.Module, global_vec: torch.Tensor, data: FedData, clients: list[int], spec: LocalSpec, seed: int,
-    round: int, starts: torch.Tensor | None = None,
+    round: int, starts: torch.Tensor | None = None, device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Train ``clients`` (sorted by steps, most first) in lock step from ``global_vec`` (or from the rows of
-    ``starts`` ``[clients, params]``, in the same order); ``(diffs [clients, params] vs global_vec, loss sums)``."""
-    C, B = len(clients), spec.batch_size
+    ``starts`` ``[clients, params]``, in the same order) on ``device`` (where ``global_vec`` is);
+    ``(diffs [clients, params] vs global_vec, loss sums)``."""
+    C, B, device = len(clients), spec.batch_size, device or global_vec.device
     state, first = [], 0
     for t in state_tensors(model):  # [clients, *shape] copies (params, then float buffers), never views
         if starts is None:
@@ -166,10 +172,10 @@ def _train_chunk(
         kernel: LinearKernel | VmapKernel = LinearKernel(model, params, grads, buffers, B)
     else:
         kernel = VmapKernel(model, params, grads)
-    plan = _plan(data, clients, spec, seed, round, has_batchnorm(model))
+    plan = _plan(data, clients, spec, seed, round, has_batchnorm(model)).to(device)  # built on the CPU (numpy)
     logp_y = torch.empty_like(plan.weight)  # [slots, batch, 1]
     views: dict[int, tuple] = {}  # active count → (kernel views, params, grads, bufs) of the first a clients
-    x_all = data.x_train
+    x_all = on_device(data.x_train, device)  # copied once per dataset and device
     for first, last in _segments(plan, B * data.num_features * _F32):
         base = plan.offsets[first]
         rows = plan.rows[base : plan.offsets[last]]  # [slots in segment, batch]
@@ -183,7 +189,7 @@ def _train_chunk(
             sgd_(p_a, g_a, b_a, spec)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch
-    loss_sum = torch.zeros(C, dtype=torch.float64).index_add_(0, plan.owner, batch_loss)
+    loss_sum = torch.zeros(C, dtype=torch.float64, device=device).index_add_(0, plan.owner, batch_loss)
     diffs = torch.cat([t.reshape(C, -1) for t in state], 1) - global_vec  # [clients, params]
     return diffs, loss_sum
 
@@ -225,6 +231,7 @@ class VectorizedEngine:
         if chunk is not None and chunk < 1:
             raise ConfigError(f"runtime.chunk must be ≥ 1 client, got {chunk}")
         self.chunk = chunk
+        self.device: torch.device | None = None  # runtime.device, set by fedloom.device.use_device; None: CPU
 
     def chunks(self, model: nn.Module, data: FedData, clients: list[int], spec: LocalSpec) -> list[list[int]]:
         """Split ``clients`` (sorted by steps, most first) into consecutive chunks that fit the budget."""
@@ -237,7 +244,9 @@ class VectorizedEngine:
         need = fixed + slots * spec.batch_size * _SLOT_BYTES  # [clients] bytes
         if need.sum() + _GATHER_BYTES <= _SMALL_BYTES:
             return [clients] if clients else []
-        budget = _MEMORY_FRACTION * psutil.virtual_memory().available - _GATHER_BYTES
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        free = torch.cuda.mem_get_info(self.device)[0] if on_gpu else psutil.virtual_memory().available
+        budget = _MEMORY_FRACTION * free - _GATHER_BYTES
         out: list[list[int]] = [[]]
         used = 0.0
         for c, bytes_c in zip(clients, need.tolist()):
@@ -273,11 +282,12 @@ class VectorizedEngine:
         order = torch.argsort(per_epoch, descending=True, stable=True).tolist()  # most steps first
         diffs = torch.zeros(len(clients), global_vec.numel())  # [clients, params] in the caller's order
         loss_sum = torch.zeros(len(clients), dtype=torch.float64)
-        done = 0
+        done, device = 0, self.device or torch.device("cpu")
         for chunk in self.chunks(model, data, [clients[i] for i in order], spec):
             pos = torch.tensor(order[done : done + len(chunk)], dtype=torch.int64)
-            start = None if starts is None else starts[pos]
-            diffs[pos], loss_sum[pos] = _train_chunk(model, global_vec, data, chunk, spec, seed, round, start)
+            start = None if starts is None else starts[pos].to(device)
+            d, loss = _train_chunk(model, global_vec.to(device), data, chunk, spec, seed, round, start, device)
+            diffs[pos], loss_sum[pos] = d.cpu(), loss.cpu()  # the wire is on the CPU: one copy per chunk
             done += len(chunk)
         return CohortResult(
             clients=list(clients),

@@ -51,6 +51,7 @@ class Server:
         self.x_eval, self.y_eval = x_eval, y_eval
         self.num_clients, self.k, self.seed = num_clients, k, seed
         self.health: dict[int, ClientHealth] = {}
+        self.eval_model: nn.Module | None = None  # a copy on runtime.device when it is not the CPU
 
     def sample(self, round: int) -> list[int]:
         """``k`` distinct client ids for ``round``; a pure function of (seed, round)."""
@@ -64,12 +65,13 @@ class Server:
     @torch.no_grad()
     def evaluate(self, vec: torch.Tensor | None = None) -> tuple[float, float]:
         """(accuracy as a fraction, mean cross-entropy) of ``vec`` (default: the global model) on the eval set."""
-        load_into(self.model, self.global_vec if vec is None else vec)
-        self.model.eval()
+        model = self.model if self.eval_model is None else self.eval_model
+        load_into(model, self.global_vec if vec is None else vec)
+        model.eval()
         correct, loss = 0, 0.0
         for start in range(0, len(self.y_eval), _EVAL_BATCH):
             x, y = self.x_eval[start : start + _EVAL_BATCH], self.y_eval[start : start + _EVAL_BATCH]
-            logits = self.model(x)
+            logits = model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum())
         n = max(1, len(self.y_eval))

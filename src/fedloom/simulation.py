@@ -27,6 +27,7 @@ from .client import Client
 from .codecs import CodecContext
 from .config import Config
 from .data import FedData, load_data
+from .device import resolve_device
 from .engines import make_engine
 from .models import build_model
 from .params import Layout, flatten
@@ -35,6 +36,7 @@ from .secure import make_keyholder, make_server_cipher
 from .secure.guard import GuardedKeyHolder
 from .secure.secagg import SecAggState, encrypt_update
 from .server import Server
+from .threads import threads_summary, tune_threads
 from .training import LocalSpec
 
 __all__ = ["Federation", "LocalCohort", "RunResult", "run_federation"]
@@ -142,8 +144,7 @@ class Federation:
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
-        if cfg.runtime.threads:
-            torch.set_num_threads(cfg.runtime.threads)
+        device = resolve_device(cfg.runtime.device)  # a missing GPU is refused before the data loads
         data = data if data is not None else load_data(cfg)
         model = build_model(cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed)
         server = Server(
@@ -177,7 +178,9 @@ class Federation:
             )  # in process: no signatures (nothing travels), every other rule as on a deployed key holder
             secure = _ClientsSecure(guarded, holder.client_cipher(), w_ref)
             server_secure = SecureServer(server.cipher, w_ref, None, cfg.secure.min_summands)
-        engine = make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn)
+        engine = tune_threads(
+            make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn), cfg.runtime.threads, device, server
+        )
         fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
         fed.cohort = LocalCohort(fed)
         fed.round = Round(cfg, server, channel, fed.cohort, server_secure)
@@ -256,6 +259,7 @@ def summarize(fed: Federation, rows: list[dict], wall_seconds: float, cfg: Confi
         "num_clients": cfg.no_models,
         "eval_samples": len(fed.data.y_eval),
         "engine": fed.engine.name,
+        **threads_summary(fed.engine),
         "aggregator": fed.server.aggregator.name,
         "compression_up": fed.channel.name,
         "compression_down": fed.channel.down_codec.name,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from ..config import Config
 from ..errors import DataError
 from .partition import Partition, partition
+from .split import load_bundled, train_test_split  # scikit-learn's, without importing it (start-up)
 
 __all__ = ["FedData", "load_data", "mnist_path", "read_csv", "standardize"]
 
@@ -82,20 +82,11 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, i
         with gzip.open(mnist_path(), "rt") as f:
             table = np.loadtxt(f, delimiter=",", dtype=np.float32)  # [5000, 784 pixels + label]
         return table[:, :-1] / 255.0, table[:, -1].astype(np.int64), [str(i) for i in range(10)], (1, 28, 28)
-    from sklearn import datasets as skd
-
-    loader = {
-        "iris": skd.load_iris,
-        "wine": skd.load_wine,
-        "breast_cancer": skd.load_breast_cancer,
-        "digits": skd.load_digits,
-    }[name]
-    bunch = loader()
-    x = bunch.data.astype(np.float32)
-    names = [str(t) for t in bunch.target_names]
+    x, y, names = load_bundled(name)
+    x = x.astype(np.float32)
     if name == "digits":
-        return x / 16.0, bunch.target.astype(np.int64), names, (1, 8, 8)  # pixels are 0..16
-    return x, bunch.target.astype(np.int64), names, None
+        return x / 16.0, y, names, (1, 8, 8)  # pixels are 0..16
+    return x, y, names, None
 
 
 def read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -142,7 +133,7 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     """Seeded stratified split (plain when a class is too rare to stratify)."""
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 and round(fraction * len(y)) >= len(counts) else None
-    return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
+    return train_test_split(x, y, fraction, seed, stratify)
 
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:

@@ -1,0 +1,186 @@
+"""runtime.threads: the decision logic of fedloom.threads, checked by hand with injected timings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedloom import threads as th
+from fedloom.config import build_config
+from fedloom.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    th._DECISIONS.clear()
+    yield
+    th._DECISIONS.clear()
+    torch.set_num_threads(before)
+
+
+def test_candidates():
+    assert th.candidates(1) == [1]
+    assert th.candidates(2) == [1, 2]
+    assert th.candidates(6) == [1, 2, 4, 6]
+    assert th.candidates(16) == [1, 2, 4, 8, 16]
+
+
+def test_choose_idle_machine_takes_the_faster_count():
+    # medians: 1 thread 1.0 ms, 2 threads 0.55 ms: 2 threads are 45 % faster
+    assert th.choose({1: [1.0e-3, 1.1e-3, 0.9e-3], 2: [0.5e-3, 0.6e-3, 0.55e-3]}) == 2
+
+
+def test_choose_busy_core_falls_back_to_one_thread():
+    # issue 12's bmm beside one busy core: 0.48 ms at 1 thread, 6.5 ms at 2
+    assert th.choose({1: [0.48e-3] * 3, 2: [6.5e-3] * 3}) == 1
+
+
+def test_choose_prefers_fewer_threads_within_tolerance():
+    # 4 threads fastest (0.50); 2 threads (0.54) are within 10 % of it, so 2 wins; 1 thread (0.9) is not
+    assert th.choose({1: [0.9], 2: [0.54], 4: [0.50]}) == 2
+    assert th.choose({1: [0.9], 2: [0.56], 4: [0.50]}) == 4  # 12 % slower: not within 10 %
+    assert th.choose({1: [1.0], 2: [0.95]}, tolerance=0.0) == 2
+
+
+def test_choose_uses_means():
+    # one lucky 2-thread sample (0.1) must not hide that 2 threads are usually slow
+    assert th.choose({1: [1.0, 1.0, 1.0], 2: [0.1, 3.0, 3.0]}) == 1
+    # nor may mostly-fast samples hide an occasional collapse: the run pays the total (mean 1.2 vs 1.0)
+    assert th.choose({1: [1.0, 1.0, 1.0], 2: [0.5, 0.5, 2.6]}) == 1
+
+
+def test_probe_sets_the_choice():
+    calls = []
+
+    def measure(probe, counts):
+        calls.append(counts)
+        return {1: [1e-3], 2: [0.5e-3]}
+
+    tuner = th.ThreadTuner(maximum=2, measure_fn=measure)
+    assert tuner.probe(lambda: None) == 2 and torch.get_num_threads() == 2
+    assert calls == [[1, 2]] and tuner.history == [2]
+    single = th.ThreadTuner(maximum=1, measure_fn=measure)
+    assert single.probe(lambda: None) == 1 and len(calls) == 1  # nothing to measure on one core
+
+
+def _fake_clock(monkeypatch, cost):
+    clock, calls = [0.0], {n: 0 for n in cost}
+
+    def probe():
+        clock[0] += cost[torch.get_num_threads()]
+        calls[torch.get_num_threads()] += 1
+
+    monkeypatch.setattr(th.time, "perf_counter", lambda: clock[0])
+    return probe, calls
+
+
+def test_measure_skips_other_counts_for_tiny_kernels(monkeypatch):
+    probe, calls = _fake_clock(monkeypatch, {1: 5e-6, 2: 2e-6})  # below torch's parallel grain
+    times = th.measure(probe, [1, 2])
+    assert list(times) == [1] and calls[2] == 0  # 2 threads never even warmed up
+    assert th.choose(times) == 1
+
+
+def test_decisions_are_reused_for_the_same_kernel_until_recheck_seconds():
+    now, calls = [0.0], []
+
+    def measure(probe, counts):
+        calls.append(counts)
+        return {1: [1e-3], 2: [0.5e-3]}
+
+    def probe():
+        pass
+
+    probe.key = ("linear", 8, 32, 784, 100)
+    first = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=measure)
+    second = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=measure)
+    assert first.probe(probe) == 2 and second.probe(probe) == 2 and len(calls) == 1  # the second one reused it
+    assert second.probe(probe, fresh=True) == 2 and len(calls) == 2  # a re-check always measures
+    now[0] += th.RECHECK_SECONDS
+    assert first.probe(probe) == 2 and len(calls) == 3  # too old: measured again
+    assert first.probe(lambda: None) == 2 and len(calls) == 4  # a probe without a key is never reused
+
+
+def test_measure_stops_timing_a_collapsed_count(monkeypatch):
+    probe, calls = _fake_clock(monkeypatch, {1: 5e-5, 2: 5e-3})  # 2 threads collapsed (a busy core): 100× slower
+    times = th.measure(probe, [1, 2], reps=3)
+    assert len(times[1]) == 3 and len(times[2]) == 1  # dropped after its first repetition
+    assert times[2][0] == pytest.approx(5e-3)  # one call's time: cut short, not the 10 calls a sample has at 1 thread
+    assert calls[2] == 1  # that one call: 5 ms for the collapsed count in all
+    assert th.choose(times) == 1
+
+
+def test_observe_asks_again_when_a_cohort_gets_much_slower():
+    tuner = th.ThreadTuner(maximum=2, measure_fn=lambda p, c: {1: [1e-3], 2: [0.5e-3]})
+    tuner.probe(lambda: None)
+    assert not tuner.observe(0.10, 1000)  # 1e-4 s per sample: the baseline
+    assert not tuner.observe(0.20, 1000)  # 2×: load noise, within SLOWDOWN
+    assert tuner.observe(0.30, 1000)  # 3× slower per sample: load arrived, measure again
+    tuner.probe(lambda: None)
+    assert not tuner.observe(0.05, 100)  # a new baseline after each probe (5e-4 per sample)
+
+
+def test_observe_asks_again_after_recheck_seconds():
+    tuner = th.ThreadTuner(maximum=2, measure_fn=lambda p, c: {1: [1e-3], 2: [0.5e-3]})
+    tuner.probe(lambda: None)
+    steps = [tuner.observe(1.0, 1000) for _ in range(int(th.RECHECK_SECONDS))]
+    assert steps[-1] and not any(steps[:-1])
+
+
+class _FakeEngine:
+    name = "vectorized"
+
+    def __init__(self, seconds):
+        self.seconds, self.calls = seconds, 0
+
+    def train(self, model, global_vec, data, clients, spec, seed, round):
+        self.calls += 1
+        return self.seconds[self.calls - 1]
+
+
+def test_tuned_engine_probes_first_then_on_slowdown(monkeypatch):
+    from fedloom.data import load_data
+    from fedloom.models import build_model
+    from fedloom.training import LocalSpec
+
+    cfg = build_config({"no_models": 4, "k": 2})
+    data = load_data(cfg)
+    model = build_model("fnn", data.num_features, data.num_classes)
+    now = [0.0]
+    tuner = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=lambda p, c: {1: [1], 2: [2]})
+    inner = _FakeEngine([1.0, 1.0, 3.0, 1.0])
+    eng = th.TunedEngine(inner, "auto", tuner)
+    spec = LocalSpec(1, 10, 0.1)
+
+    real = inner.train
+
+    def step(seconds):
+        def timed(*a):
+            now[0] += seconds
+            return real(*a)
+
+        monkeypatch.setattr(inner, "train", timed)
+        eng.train(model, None, data, [0, 1], spec, 0, 1)
+
+    step(1.0)
+    assert tuner.probes == 1 and eng.threads == 1  # probed before the first cohort
+    step(1.0)
+    step(3.0)  # 3× slower: probe again before the next cohort
+    assert tuner.probes == 1
+    step(1.0)
+    assert tuner.probes == 2
+    assert th.threads_summary(eng) == {"threads": 1, "threads_auto": [1, 1], "device": "cpu"}
+
+
+def test_fixed_threads_are_set_and_never_measured():
+    eng = th.tune_threads(_FakeEngine([0.0]), 1)
+    assert torch.get_num_threads() == 1 and th.threads_summary(eng) == {"threads": 1, "device": "cpu"}
+
+
+def test_config_threads_field():
+    assert build_config({}).runtime.threads == "auto"
+    assert build_config({"runtime": {"threads": 3}}).runtime.threads == 3
+    for bad in (0, "many", 1.5):
+        with pytest.raises(ConfigError, match="runtime.threads"):
+            build_config({"runtime": {"threads": bad}})
