@@ -29,7 +29,10 @@ _LAZY = {
     "EXPERIMENTS": "experiments",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [  # spelled out for linters; the same names as _LAZY
+    "__version__", "run", "experiment", "load_run", "Run", "ExperimentResult", "load_config", "build_config",
+    "Config", "FedloomError", "ConfigError", "DataError", "EXPERIMENTS",
+]  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .api import ExperimentResult, Run, experiment, load_run, run
