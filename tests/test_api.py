@@ -212,3 +212,13 @@ def test_gitignore_keeps_keys_and_runs_out():
 
 def test_readme_mentions_the_fast_test_subset():
     assert '-m "not slow"' in (ROOT / "README.md").read_text()
+
+
+def test_no_config_comment_names_an_internal_issue():
+    for conf in (ROOT / "configs").iterdir():
+        assert "issue" not in conf.read_text().lower(), conf.name
+
+
+def test_public_names_are_lazy_and_listed():
+    assert set(fedloom.__all__) - {"__version__"} == set(fedloom._LAZY)
+    assert fedloom.EXPERIMENTS == ("fl-vs-central", "fl-vs-local", "compression", "he")

