@@ -68,7 +68,8 @@ def encryption_line(cfg: dict) -> str | None:
     if sec.get("protocol") == "encrypted-model":
         return (
             f"yes: the book's 15.4 encrypted model (Paillier {sec.get('key_bits')}-bit); "
-            "the server holds the key, clients train on ciphertexts"
+            "clients update the encrypted global model; the server holds the key (uploads are hidden from other "
+            "clients and outsiders, not from the server)"
         )
     name = {"paillier": "packed Paillier", "paillier-per-value": "per-value Paillier", "ckks": "CKKS"}[method]
     bits = f" {sec.get('key_bits')}-bit" if method != "ckks" else ""
