@@ -252,3 +252,16 @@ def test_experiment_table_survives_a_pipe(tmp_path):
     table = [line for line in p.stdout.splitlines() if line.startswith("| ")]
     assert len(table) >= 5 and all(line.endswith("|") for line in table)
     assert max(len(line) for line in table) > 80
+
+
+def test_report_of_an_experiment_folder_uses_the_experiments_render(tmp_path, monkeypatch):
+    from fedloom import report
+    from fedloom.experiments import fl_vs_central
+
+    (tmp_path / "summary.json").write_text(json.dumps({"experiment": "fl-vs-central", "results": []}))
+    seen = []
+    monkeypatch.setattr(fl_vs_central, "render", lambda d, s: seen.append((d, s)) or [], raising=False)
+    assert report.render_folder(tmp_path) == [] and seen[0][0] == tmp_path
+    monkeypatch.delattr(fl_vs_central, "render")
+    with pytest.raises(report.FedloomError, match="cannot re-render a 'fl-vs-central' experiment folder"):
+        report.render_folder(tmp_path)

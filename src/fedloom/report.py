@@ -205,10 +205,14 @@ def render_folder(path: str | Path) -> list[Path]:
     summary = read_json(d / "summary.json")
     if "experiment" not in summary:
         return render_run(d)
-    from . import experiments
+    import importlib
 
-    name = summary["experiment"]
-    module = experiments.module(name) if hasattr(experiments, "module") else None
+    name = str(summary["experiment"])
+    # each experiment module may offer render(folder, summary) -> figure paths, redrawing from its files
+    try:
+        module = importlib.import_module(f".experiments.{name.replace('-', '_')}", __package__)
+    except ImportError:
+        module = None
     render = getattr(module, "render", None)
     if render is None:
         raise FedloomError(f"{d}: this version cannot re-render a '{name}' experiment folder; run it again")
