@@ -14,6 +14,7 @@ one line the CLI would print.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 from .errors import FedloomError
 
 __all__ = ["Run", "ExperimentResult", "run", "experiment", "load_run", "resolve_config", "experiment_dir"]
+__all__ += ["experiment_folder_name"]
 
 
 @dataclass
@@ -157,20 +159,33 @@ def run(config, out: str | Path | bool | None = None, *, progress: bool = False,
     return Run(res.config, res.rows, res.summary, res.model, res.path, res.state_dict, res.health)
 
 
+def experiment_folder_name(config_name: str, experiment_name: str) -> str:
+    """``<name>-<experiment>``, without doubling a name the config already carries
+    (``mnist-he`` + ``he`` → ``mnist-he``, not ``mnist-he-he``)."""
+    taken = config_name == experiment_name or config_name.endswith(f"-{experiment_name}")
+    return config_name if taken else f"{config_name}-{experiment_name}"
+
+
 def experiment_dir(config_name: str, experiment_name: str, root: str | Path = "runs") -> Path:
-    """``runs/<name>-<experiment>-<time>``, without doubling a name the config already carries
-    (``mnist-he`` + ``he`` → ``mnist-he-…``, not ``mnist-he-he-…``)."""
+    """The default folder of an experiment: ``runs/<name>-<experiment>-<time>`` (see experiment_folder_name)."""
     from .runs import default_out_dir
 
-    taken = config_name == experiment_name or config_name.endswith(f"-{experiment_name}")
-    return default_out_dir(config_name if taken else f"{config_name}-{experiment_name}", root)
+    return default_out_dir(experiment_folder_name(config_name, experiment_name), root)
 
 
 def experiment(
-    name: str, config, seeds: int | None = None, out: str | Path | None = None, *, progress: bool = False, **overrides
+    name: str,
+    config,
+    seeds: int | None = None,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    **overrides,
 ) -> ExperimentResult:
     """Run one of the book's comparisons (``fedloom.experiments.EXPERIMENTS``) into ``out`` (default
-    ``runs/<name>-<experiment>-<time>``: experiments are their files). ``seeds``: repeat over that many seeds."""
+    ``runs/<name>-<experiment>-<time>``: experiments are their files). ``seeds``: repeat over that many seeds;
+    ``overwrite``: replace an experiment already in ``out``."""
     from .console import Progress
     from .experiments import EXPERIMENTS, run_experiment
 
@@ -182,8 +197,9 @@ def experiment(
         overrides["seeds"] = seeds  # the config's `seeds` key (experiments run seed … seed+seeds−1)
     cfg = resolve_config(config, overrides)
     folder = Path(out) if out is not None else experiment_dir(cfg.name, name)
+    extra = {"overwrite": overwrite} if "overwrite" in inspect.signature(run_experiment).parameters else {}
     with Progress(quiet=not progress) as bar:
-        summary = run_experiment(name, cfg, folder, bar)
+        summary = run_experiment(name, cfg, folder, bar, **extra)
     return ExperimentResult(name, summary, folder)
 
 
