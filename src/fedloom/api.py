@@ -55,9 +55,10 @@ class Run:
     def __repr__(self) -> str:
         s = self.summary
         where = f", path={str(self.path)!r}" if self.path else ""
+        num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else str(v)  # noqa: E731 - None after NaN
         return (
-            f"Run({self.config.name!r}: {s.get('rounds')} rounds, final_accuracy={s.get('final_accuracy'):.4f}, "
-            f"final_loss={s.get('final_loss'):.4f}{where})"
+            f"Run({self.config.name!r}: {s.get('rounds')} rounds, final_accuracy={num(s.get('final_accuracy'))}, "
+            f"final_loss={num(s.get('final_loss'))}{where})"
         )
 
     def _repr_markdown_(self) -> str:
