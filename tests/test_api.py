@@ -222,3 +222,16 @@ def test_no_config_comment_names_an_internal_issue():
 def test_public_names_are_lazy_and_listed():
     assert set(fedloom.__all__) - {"__version__"} == set(fedloom._LAZY)
     assert fedloom.EXPERIMENTS == ("fl-vs-central", "fl-vs-local", "compression", "he")
+
+
+def test_partition_figure_title_says_how_clients_were_split(tmp_path, monkeypatch):
+    import fedloom.report as report
+
+    titles = []
+    monkeypatch.setattr(report, "plot_label_mix", lambda counts, classes, path, title: titles.append(title) or path)
+    fedloom.run({**SMALL, "type": "synthetic", "synthetic": {"num_samples": 200}}, out=tmp_path / "s")
+    fedloom.run({**SMALL, "partition": {"method": "dirichlet"}}, out=tmp_path / "d")
+    assert titles == [
+        "label mix per client (synthetic: each client's own generator)",
+        "label mix per client (dirichlet)",
+    ]

@@ -229,11 +229,11 @@ def render_run(run_dir: str | Path) -> list[Path]:
     chance = 1 / num_classes if num_classes else None
     figs = [plot_curves({cfg["name"]: rows}, d / "figures" / "accuracy.png", cfg["name"], chance=chance)]
     if part is not None:
-        title = (
-            f"label mix per client ({cfg['partition']['method']})"
-            if not (cfg.get("data") or {}).get("clients")
-            else "label mix per client (one file each)"
-        )
+        title = f"label mix per client ({cfg['partition']['method']})"
+        if (cfg.get("data") or {}).get("clients"):
+            title = "label mix per client (one file each)"
+        elif cfg.get("type") == "synthetic":
+            title = "label mix per client (synthetic: each client's own generator)"
         figs.append(plot_label_mix(part["label_counts"], part["classes"], d / "figures" / "partition.png", title))
     lines = [
         f"# fedloom run: {cfg['name']}",
