@@ -1,7 +1,8 @@
 """The ``fedloom`` command.
 
-    fedloom run -c CONF [--set key=value ...] [--out DIR]
+    fedloom run -c CONF [--set key=value ...] [--out DIR] [--tensorboard]
     fedloom report DIR
+    fedloom keygen DIR
     fedloom experiment {fl-vs-central,fl-vs-local,compression,he} -c CONF [--set ...] [--seeds N] [--out DIR]
 
 Exit codes: 0 success, 2 bad usage/config/data (one line on stderr), 1 internal failure.
@@ -12,17 +13,32 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
+from . import __version__
 from .errors import FedloomError
 from .experiments import EXPERIMENTS
 
 __all__ = ["main"]
 
+# what `fedloom experiment --help` says each comparison does
+EXPERIMENT_HELP = {
+    "fl-vs-central": "FL vs centralized training (book §3.6): the config's federation against one party holding "
+    "every training row, at local epochs 1, 2, 3",
+    "fl-vs-local": "FL vs each party alone (book §3.7): the federated model (at k and about k/2) against every "
+    "client's own single-party model, all on the common eval set",
+    "compression": "accuracy vs upload bytes (book 15.3/15.5 and more): the same federation under a sweep of "
+    "upload codecs (fp16, q8..q2, sign, top-k, random mask, layers), with the Pareto front",
+    "he": "what encryption costs in secure aggregation: plaintext vs per-value Paillier vs packed Paillier vs "
+    "CKKS, seconds per round by role and upload bytes",
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedloom", description="A federated-learning lab.")
+    p.add_argument("--version", action="version", version=f"fedloom {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def conf_args(sp: argparse.ArgumentParser) -> None:
@@ -40,20 +56,39 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train a federation and write metrics, summary, figures, report")
     conf_args(run)
     run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log metrics, figures and config for TensorBoard under OUT/tb (runtime.tensorboard)",
+    )
+    run.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its last checkpoint (same config: ends where an "
         "uninterrupted run ends)",
     )
-    rep = sub.add_parser("report", help="re-render the figures and report.md of a run directory")
-    rep.add_argument("dir")
+    rep = sub.add_parser("report", help="re-render the figures and report.md of a run or experiment folder")
+    rep.add_argument("dir", metavar="DIR", help="a folder written by `fedloom run` or `fedloom experiment`")
     keygen = sub.add_parser("keygen", help="write a Paillier key pair for secure aggregation (secret file 0600)")
-    keygen.add_argument("dir")
-    keygen.add_argument("--key-bits", type=int, default=2048)
+    keygen.add_argument(
+        "dir",
+        metavar="DIR",
+        help="folder for paillier_public.json and paillier_secret.json; use it as secure.key_dir "
+        "(keep it out of version control)",
+    )
+    keygen.add_argument("--key-bits", type=int, default=2048, help="modulus size in bits (default 2048)")
     keygen.add_argument("--allow-weak-keys", action="store_true", help="permit fewer than 2048 bits")
-    keygen.add_argument("--overwrite", action="store_true")
-    exp = sub.add_parser("experiment", help="run one of the book's comparisons")
-    exp.add_argument("name", choices=EXPERIMENTS)
+    keygen.add_argument("--overwrite", action="store_true", help="replace a key pair already in DIR")
+    exp = sub.add_parser(
+        "experiment",
+        help="run one of the book's comparisons",
+        description="Run one of the book's comparisons; each writes summary.json, table.md and figures.\n\n"
+        + "\n".join(
+            textwrap.fill(text, 100, initial_indent=f"  {name:<15}", subsequent_indent=" " * 17)
+            for name, text in EXPERIMENT_HELP.items()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("name", choices=EXPERIMENTS, metavar="NAME", help="one of: " + ", ".join(EXPERIMENTS))
     conf_args(exp)
     exp.add_argument("--seeds", type=_positive_int, metavar="N", help="seeds seed..seed+N-1; rows report mean ± std")
     try:  # server, client, certs: the Flower runtime (flwr itself is imported only when one runs)
@@ -71,141 +106,69 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-class _Progress:
-    """A rich progress bar showing round, accuracy and loss (silent when quiet)."""
+def _check_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A typo'd subcommand gets a "did you mean" (argparse alone lists every choice)."""
+    from .config import _hint
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-
-    def __enter__(self):
-        if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                transient=False,
-            )
-            self.bar.__enter__()
-        return self
-
-    def task(self, description: str, total: int):
-        return self.bar.add_task(description, total=total, info="") if self.bar else None
-
-    def update(self, task, row: dict) -> None:
-        if self.bar is not None and task is not None:
-            info = f"acc {row['accuracy']:.3f}  loss {row['loss']:.3f}" + (
-                "" if row.get("applied", True) else "  (skipped)"
-            )
-            self.bar.update(task, advance=1, info=info)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+    word = next((a for a in argv if not a.startswith("-")), None)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if word is not None and word not in sub.choices and not any(a in ("-h", "--help", "--version") for a in argv):
+        parser.error(f"unknown command '{word}'{_hint(word, list(sub.choices))}; commands: " + ", ".join(sub.choices))
 
 
-def _print_table(title: str, items: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _summary_items(res) -> tuple[dict, list[str]]:
+    """What the run prints: the main numbers, best_accuracy with its small-eval caveat, then notes."""
+    from .notes import eval_step_caveat
 
-    table = Table(title=title, show_header=False)
-    for k, v in items.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
-
-
-def _finish_run(args, run_dir, summary: dict, state: dict, data, t0: float, title: str, keys: tuple) -> int:
-    """Write summary, model, partition, figures and report; print the summary table."""
-    from .report import render_run
-
-    summary["wall_seconds"] = time.perf_counter() - t0
-    partition = {"classes": data.classes, "label_counts": data.label_counts().tolist()}
-    run_dir.finish(summary, state, {"partition.json": partition})
-    render_run(run_dir.path)
-    if not args.quiet:
-        _print_table(title, {k: summary[k] for k in keys} | {"output": str(run_dir.path)})
-    return 0
+    s = res.summary
+    keys = ["final_accuracy", "best_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "train_seconds"]
+    keys += ["client_failures"] if res.config.secure.protocol != "encrypted-model" else ["he_encrypt_seconds"]
+    items = {k: s[k] for k in keys if k in s}
+    caveat = eval_step_caveat(s.get("eval_samples"), short=True)
+    if caveat and isinstance(items.get("best_accuracy"), float):
+        items["best_accuracy"] = f"{items['best_accuracy']:.4f} ({caveat})"
+    if s.get("encrypted"):
+        items["encrypted"] = s["encrypted"]
+    items["output"] = str(res.path)
+    return items, list(s.get("notes", []))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     t0 = time.perf_counter()
-    cfg = load_config(args.config, args.set)  # before torch is imported: a config mistake reports at once
-    from .params import load_into
-    from .runs import RunDir, default_out_dir
-    from .simulation import Federation, resume_from, run_federation
+    # the config is checked before torch is imported: a typo is reported in a fraction of a second
+    cfg = load_config(args.config, args.set + (["runtime.tensorboard=true"] if args.tensorboard else []))
+    from .console import Progress, print_summary
+    from .runner import execute
+    from .runs import default_out_dir
 
-    if cfg.secure.protocol == "encrypted-model":
-        return _run_encrypted_model(cfg, args, t0)
-    fed = Federation.build(cfg)  # data errors surface here, before anything is written
-    resume = getattr(args, "resume", False)
-    if resume and not args.out:
-        raise FedloomError("--resume needs --out DIR: the folder of the run to continue")
-    start, rows = 1, []
-    if resume:
-        start, rows = resume_from(fed, Path(args.out))
-    run_dir = RunDir(Path(args.out) if args.out else default_out_dir(cfg.name), cfg.to_dict(), not resume)
-    if resume:
-        run_dir.rewrite_metrics(rows)  # rows after the checkpoint are run again
-    with _Progress(args.quiet) as progress:
-        task = progress.task(f"{cfg.name}: rounds", cfg.global_epochs)
-        for row in rows:
-            progress.update(task, row)
-
-        def on_round(row: dict) -> None:
-            run_dir.append(row)
-            if cfg.runtime.checkpoint:
-                run_dir.write_checkpoint(fed.state_dict(row["round"]))
-            progress.update(task, row)
-
-        result = run_federation(fed, on_round, start, wall_start=t0, rows=rows)
-    load_into(fed.model, result.global_vec)
-    keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "train_seconds", "client_failures")
-    summary = {**result.summary, "health": result.health}
-    return _finish_run(args, run_dir, summary, fed.model.state_dict(), fed.data, t0, f"{cfg.name}: summary", keys)
-
-
-def _run_encrypted_model(cfg, args: argparse.Namespace, t0: float) -> int:
-    """The book's 15.4 (the server holds the key and keeps the model encrypted): same outputs as a run."""
-    import torch
-
-    from .data import load_data
-    from .runs import RunDir, default_out_dir
-    from .secure.encrypted_lr import run_encrypted_model
-
-    data = load_data(cfg)
     out = Path(args.out) if args.out else default_out_dir(cfg.name)
-    run_dir = None
-    with _Progress(args.quiet) as progress:
-        task = progress.task(f"{cfg.name}: encrypted rounds", cfg.global_epochs)
-
-        def on_round(row: dict) -> None:
-            nonlocal run_dir
-            run_dir = run_dir or RunDir(out, cfg.to_dict())  # created once the key and data are good
-            run_dir.append(row)
-            progress.update(task, row)
-
-        _, summary, weights = run_encrypted_model(cfg, data, on_round)
-    keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "he_encrypt_seconds", "he_decrypt_seconds")
-    state = {"weight": torch.from_numpy(weights)}  # [features + 1], bias last
-    return _finish_run(args, run_dir, summary, state, data, t0, f"{cfg.name}: encrypted model (book 15.4)", keys)
+    with Progress(args.quiet) as progress:
+        res = execute(cfg, out, progress, t0, resume=args.resume)
+    if not args.quiet:
+        title = f"{cfg.name}: " + (
+            "encrypted model (book 15.4)" if cfg.secure.protocol == "encrypted-model" else "summary"
+        )
+        print_summary(title, *_summary_items(res))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_run
+    from .report import render_folder
 
-    for f in render_run(args.dir):
+    for f in render_folder(args.dir):
         print(f)
-    print(Path(args.dir) / "report.md")
+    report = Path(args.dir) / "report.md"
+    if report.is_file():
+        print(report)
     return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from .extras import require
+
+    require("gmpy2")
     from .secure.paillier import generate_keypair, save_keypair
 
     try:
@@ -214,22 +177,49 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError) as e:
         raise FedloomError(f"keygen: {e}") from None
     print(f"public key: {public}\nsecret key: {secret} (mode 0600: give it only to the key holder)")
+    warning = secret_in_work_tree(secret)
+    if warning:
+        print(f"fedloom: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def secret_in_work_tree(path: Path) -> str | None:
+    """A warning when a secret file lies inside a git work tree (where `git add -A` would commit it)."""
+    import subprocess
+
+    path = Path(path).resolve()
+    top = next((d for d in path.parents if (d / ".git").exists()), None)
+    if top is None:
+        return None
+    try:  # is it ignored? (git may be absent: then say so plainly and warn anyway)
+        ignored = (
+            subprocess.run(
+                ["git", "-C", str(top), "check-ignore", "-q", str(path)], capture_output=True, timeout=10
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.SubprocessError):
+        ignored = False
+    how = "git ignores it here, but copies of this folder may not" if ignored else "git does NOT ignore it"
+    return (
+        f"the secret key {path} is inside the git work tree {top} ({how}); keep secret keys outside "
+        "repositories, or make sure they are never committed"
+    )
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .experiments import run_experiment
-    from .runs import default_out_dir
 
     cfg = load_config(args.config, args.set + ([f"seeds={args.seeds}"] if args.seeds else []))
-    out = Path(args.out) if args.out else default_out_dir(f"{cfg.name}-{args.name}")
-    with _Progress(args.quiet) as progress:
+    from .api import experiment_dir
+    from .console import Progress, print_text
+    from .experiments import run_experiment
+
+    out = Path(args.out) if args.out else experiment_dir(cfg.name, args.name)
+    with Progress(args.quiet) as progress:
         run_experiment(args.name, cfg, out, progress, overwrite=getattr(args, "overwrite", False))
     if not args.quiet:
-        from rich.console import Console
-
-        Console().print((out / "table.md").read_text(encoding="utf-8"))
+        print_text((out / "table.md").read_text(encoding="utf-8"))  # plain: a pipe or a log keeps the table
         print(f"output: {out}")
     return 0
 
@@ -237,7 +227,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    _check_command(parser, argv)
+    args = parser.parse_args(argv)
     handler = (
         getattr(args, "handler", None)
         or {"run": cmd_run, "report": cmd_report, "experiment": cmd_experiment, "keygen": cmd_keygen}[args.command]
@@ -247,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     except FedloomError as e:
         print(f"fedloom: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        from .extras import missing_extra
+
+        hint = missing_extra(e)
+        if hint is None:
+            raise
+        print(f"fedloom: error: {hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("fedloom: interrupted", file=sys.stderr)
         return 130

@@ -92,6 +92,7 @@ class RuntimeConfig(_Section):
     bn: Literal["fedavg", "fedbn"] = Field(
         "fedavg", description="BatchNorm state: fedavg averages it with the parameters; fedbn keeps it per client"
     )
+    tensorboard: bool = Field(False, description="log metrics, figures and config under the run folder's tb/")
 
 
 def _check_codec(spec: str, allow_ef: bool) -> str:
@@ -435,8 +436,13 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(_one_line(e, source)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a JSON/YAML/TOML config (or the defaults when ``path`` is None) and apply overrides."""
+def load_config(path: str | Path | dict | Config | None, overrides: list[str] | None = None) -> Config:
+    """Read a JSON/YAML/TOML config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``path`` may also be a dict of config keys or a Config (notebooks build configs in code)."""
+    if isinstance(path, (dict, Config)):
+        raw = path.to_dict() if isinstance(path, Config) else path
+        return build_config(apply_overrides(raw, overrides or []))
     raw = _read_file(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "config"
     cfg = build_config(apply_overrides(raw, overrides or []), source)
