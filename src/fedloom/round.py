@@ -101,6 +101,12 @@ class Round:
         # more numbers for each row, computed after evaluation (e.g. a backdoor's success, a privacy budget):
         # callables (round, row so far) -> dict of extra fields
         self.extras: list = []
+        self.privacy = None  # DP-FedAvg's server step and accountant (privacy/stage.py) when privacy.clip is set
+        if cfg.privacy.enabled:
+            from .privacy.stage import Privacy
+
+            self.privacy = Privacy(cfg, server)
+            self.extras.append(self.privacy.row)
 
     # --- the round --------------------------------------------------------------------------------
     def __call__(self, rnd: int) -> dict:
@@ -185,13 +191,16 @@ class Round:
             kept.append(a)
             values.append(v)
             present.append(None if p is None else p[0])
-        if not self._enough(rnd, kept):
-            return None
-        diffs = torch.stack(values)  # [clients, params]
+        if self.privacy is None and not self._enough(rnd, kept):
+            return None  # with privacy every round releases its noised sum, however few answered
+        diffs = torch.stack(values) if values else torch.zeros(0, layout.size)  # [clients, params]
         mask = None
         if any(p is not None for p in present):
             full = torch.ones(layout.size, dtype=torch.bool)
             mask = torch.stack([full if p is None else p for p in present])  # [clients, params]
+        if self.privacy is not None:
+            self.server.global_vec = self.privacy.sum.step(rnd, self.server.global_vec, diffs, mask)
+            return kept
         sizes = torch.tensor([a.num_samples for a in kept], dtype=torch.int64)
         self.server.aggregate(diffs, sizes, mask)
         return kept

@@ -271,6 +271,9 @@ class Coordinator:
     def run(self) -> dict:
         cfg = self.cfg
         for rnd in range(self.start_round, cfg.global_epochs + 1):
+            if self.round.privacy is not None and not self.round.privacy.may_run(rnd):
+                self.log(f"round {rnd}: stopping: privacy.max_epsilon {cfg.privacy.max_epsilon:g} would be passed")
+                break
             row = self.round(rnd)
             self.rows.append(row)
             self.run_dir.append(row)
