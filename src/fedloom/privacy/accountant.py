@@ -101,30 +101,42 @@ class Plan:
 
 
 class Accountant:
-    """ε after ``rounds`` rounds of :class:`Plan` at ``delta`` (0 rounds: ε = 0)."""
+    """ε after ``rounds`` rounds of :class:`Plan` at ``delta`` (0 rounds: ε = 0).
+
+    RDP composes by addition, so one round's RDP curve is computed once (by dp-accounting) and ``rounds``
+    times it is converted to (ε, δ) by dp-accounting's ``compute_epsilon``: the same number as composing the
+    ``rounds``-fold event, without recomputing the subsampled Gaussian's curve every round."""
 
     name = "rdp (dp-accounting)"
 
     def __init__(self, plan: Plan, delta: float):
         self.plan, self.delta = plan, delta
         dp_accounting()  # fail early, with the one line
+        self._one = None  # one round's RDP at ORDERS
+
+    def _one_round(self):
+        if self._one is None:
+            acc = self.plan.accountant()
+            # dp-accounting logs (absl) each fractional order whose series does not converge, and drops it (its
+            # RDP becomes inf); ε is the minimum over the other orders, still an upper bound: not worth a warning
+            absl = logging.getLogger("absl")
+            level = absl.level
+            absl.setLevel(logging.ERROR)
+            try:
+                acc.compose(self.plan.event(1))
+            finally:
+                absl.setLevel(level)
+            self._one = acc._rdp.copy()  # dp-accounting 0.6.0 (pinned) keeps the composed curve here
+        return self._one
 
     def epsilon(self, rounds: int) -> float:
         if rounds <= 0:
             return 0.0
         if self.plan.noise_multiplier <= 0:
             return float("inf")
-        acc = self.plan.accountant()
-        acc.compose(self.plan.event(rounds))
-        # dp-accounting logs (absl) each fractional order whose series does not converge and drops it; ε is then
-        # the minimum over the remaining orders, still an upper bound, so the warning is noise for a user
-        absl = logging.getLogger("absl")
-        level = absl.level
-        absl.setLevel(logging.ERROR)
-        try:
-            return float(acc.get_epsilon(self.delta))
-        finally:
-            absl.setLevel(level)
+        from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+        return float(rdp.compute_epsilon(list(ORDERS), rounds * self._one_round(), self.delta)[0])
 
 
 def solve_noise(plan: Plan, rounds: int, delta: float, target_epsilon: float) -> float:

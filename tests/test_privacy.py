@@ -1,0 +1,229 @@
+"""Client-level differential privacy (fedloom/privacy/): the accountant against published numbers, clipping
+and noise scale by hand, the fixed denominator, Poisson sampling's rate, reproducible noise, the config's
+refusals, ε in the rows and the summary, and the max_epsilon stop."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fedloom.cli import main
+from fedloom.config import build_config
+from fedloom.errors import ConfigError, FedloomError
+from fedloom.privacy.accountant import Accountant, Plan, solve_noise
+from fedloom.privacy.mechanism import DPSum, clip_rows, privatize_update
+from fedloom.privacy.settings import PrivacyConfig
+from fedloom.privacy.stage import denominator
+from fedloom.server import Server
+from fedloom.simulation import Federation, run_federation
+
+dpa = pytest.importorskip("dp_accounting")
+
+BASE = {"type": "iris", "no_models": 10, "k": 5, "global_epochs": 3, "local_epochs": 1, "lr": 0.1, "seed": 3}
+
+
+def cfg_with(privacy: dict, **more):
+    return build_config({**BASE, **more, "privacy": privacy})
+
+
+# --- the accountant ---------------------------------------------------------------------------------------
+def test_rdp_accountant_reproduces_opacus_published_case():
+    # Opacus's own test (pytorch/opacus, opacus/tests/accountants_test.py, test_rdp_accountant): noise 1.5,
+    # sample rate 0.04, int(90/0.04) = 2 250 steps, δ 1e-5 → ε = 7.32911117143. dp-accounting converts RDP to
+    # (ε, δ) with a slightly different bound, so the two agree to about 3e-5 relative, not to every digit.
+    plan = Plan("poisson", "central", num_clients=100, cohort=4, noise_multiplier=1.5)  # q = 4/100 = 0.04
+    eps = Accountant(plan, 1e-5).epsilon(2250)
+    assert eps == pytest.approx(7.32911117143, abs=1e-3)
+
+
+def test_fixed_sampling_is_replace_one_without_replacement_at_half_the_multiplier():
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    plan = Plan("fixed", "central", num_clients=100, cohort=10, noise_multiplier=1.2)
+    acc = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    acc.compose(dpa.SampledWithoutReplacementDpEvent(100, 10, dpa.GaussianDpEvent(0.6)), 50)
+    assert Accountant(plan, 1e-5).epsilon(50) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-2)
+    assert "replace-one" in plan.why and plan.relation == "replace one client"
+    # the sampler gives no add/remove amplification: the same σ costs more than Poisson's claim would
+    poisson = Accountant(Plan("poisson", "central", 100, 10, 1.2), 1e-5).epsilon(50)
+    assert Accountant(plan, 1e-5).epsilon(50) > poisson
+
+
+def test_local_mode_has_no_amplification():
+    local = Accountant(Plan("fixed", "local", 100, 10, 2.0), 1e-5)
+    acc = dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    acc.compose(dpa.GaussianDpEvent(1.0), 7)  # σ/2: any two updates of one client differ by up to 2C
+    assert local.epsilon(7) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-2)
+
+
+def test_epsilon_grows_with_rounds_and_is_zero_before_any():
+    acc = Accountant(Plan("poisson", "central", 10, 5, 1.0), 1e-5)
+    eps = [acc.epsilon(r) for r in range(4)]
+    assert eps[0] == 0.0 and eps[1] < eps[2] < eps[3]
+
+
+def test_target_epsilon_solves_the_smallest_noise():
+    plan = Plan("poisson", "central", 100, 10, 1.0)
+    sigma = solve_noise(plan, 20, 1e-5, 3.0)
+    at = lambda s: Accountant(Plan("poisson", "central", 100, 10, s), 1e-5).epsilon(20)  # noqa: E731
+    assert at(sigma) <= 3.0 < at(sigma * 0.99)
+
+
+def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "dp_accounting", None)  # import fails as if not installed
+    with pytest.raises(FedloomError, match=r"pip install 'fedloom\[privacy\]'"):
+        Accountant(Plan("poisson", "central", 10, 5, 1.0), 1e-5)
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({**BASE, "privacy": {"clip": 1.0, "noise_multiplier": 1.0}}))
+    assert main(["run", "-c", str(conf), "--out", str(tmp_path / "r"), "-q"]) == 2
+
+
+# --- the mechanism by hand ------------------------------------------------------------------------------
+def test_clipping_by_hand():
+    rows, norms = clip_rows(torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]]), 1.0)
+    assert torch.allclose(rows, torch.tensor([[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]]))
+    assert norms.tolist() == pytest.approx([5.0, 0.5, 0.0])
+
+
+def test_server_step_clips_sums_and_divides_by_the_fixed_denominator():
+    p = PrivacyConfig(clip=1.0, noise_multiplier=0.0)
+    step = DPSum(p, 0.0, denominator=5.0, seed=0)
+    diffs = torch.tensor([[3.0, 4.0], [0.3, 0.4]])  # the server clips again: the bound holds whatever was sent
+    new = step.step(1, torch.zeros(2), diffs, None)
+    assert torch.allclose(new, torch.tensor([0.9, 1.2]) / 5)  # (0.6+0.3, 0.8+0.4) / k, not / 2 answers
+    assert step.last["dp_clipped_updates"] == 1
+    # nobody answered: the (noised) step is still taken, zero here
+    assert torch.equal(step.step(2, torch.zeros(2), torch.zeros(0, 2), None), torch.zeros(2))
+
+
+def test_denominator_is_k_or_one_over_lambda():
+    assert denominator(cfg_with({"clip": 1.0, "noise_multiplier": 1.0})) == 5.0
+    assert denominator(cfg_with({"clip": 1.0, "noise_multiplier": 1.0}, **{"lambda": 0.1})) == pytest.approx(10.0)
+
+
+def test_noise_scale_by_hand_and_same_seed_same_noise():
+    p = PrivacyConfig(clip=0.5, noise_multiplier=2.0)
+    d = 200_000
+    step = DPSum(p, 2.0, denominator=4.0, seed=7)
+    noise = step.step(3, torch.zeros(d, dtype=torch.float64), torch.zeros(0, d, dtype=torch.float64), None)
+    assert float(noise.std()) == pytest.approx(2.0 * 0.5 / 4.0, rel=0.01)  # σC/D
+    again = DPSum(p, 2.0, denominator=4.0, seed=7).step(3, torch.zeros(d, dtype=torch.float64), torch.zeros(0, d), None)
+    assert torch.equal(noise, again)
+    other = DPSum(p, 2.0, 4.0, seed=7).step(4, torch.zeros(d, dtype=torch.float64), torch.zeros(0, d), None)
+    assert not torch.equal(noise, other)
+
+
+def test_local_noise_scale_and_fresh_entropy():
+    p = PrivacyConfig(clip=1.0, noise_multiplier=3.0, mode="local")
+    diff = torch.zeros(100_000, dtype=torch.float64)
+    out = privatize_update(p, diff, seed=1, rnd=2, client=3)
+    assert float(out.std()) == pytest.approx(3.0, rel=0.02)
+    assert torch.equal(out, privatize_update(p, diff, seed=1, rnd=2, client=3))
+    assert not torch.equal(out, privatize_update(p, diff, seed=1, rnd=2, client=4))
+    assert not torch.equal(out, privatize_update(p, diff, seed=1, rnd=2, client=3, fresh=True))
+    central = PrivacyConfig(clip=1.0, noise_multiplier=3.0)
+    big = torch.full((4,), 10.0)
+    assert float(torch.linalg.vector_norm(privatize_update(central, big, 1, 2, 3))) == pytest.approx(1.0)
+
+
+# --- sampling -------------------------------------------------------------------------------------------
+def _server(sampling: str, n: int = 20, k: int = 5) -> Server:
+    s = Server(torch.nn.Linear(1, 1), torch.zeros(2), None, torch.zeros(0, 1), torch.zeros(0), n, k, seed=0)
+    s.sampling = sampling
+    return s
+
+
+def test_poisson_sampling_empirical_rate():
+    s, rounds = _server("poisson"), 4000
+    counts, sizes = np.zeros(20), []
+    for r in range(1, rounds + 1):
+        cohort = s.sample(r)
+        sizes.append(len(cohort))
+        counts[cohort] += 1
+    q = 5 / 20
+    se = np.sqrt(q * (1 - q) / rounds)
+    assert np.all(np.abs(counts / rounds - q) < 5 * se)  # every client joins at rate k/n
+    assert np.var(sizes) == pytest.approx(20 * q * (1 - q), rel=0.1)  # the cohort's size varies (binomial)
+    assert s.sample(9) == s.sample(9)
+
+
+def test_fixed_sampling_is_always_k_distinct():
+    s = _server("fixed")
+    assert all(len(set(s.sample(r))) == 5 for r in range(1, 50))
+
+
+# --- config ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "privacy, more, needle",
+    [
+        ({"clip": 1.0, "noise_multiplier": 1.0, "target_epsilon": 2.0}, {}, "not both"),
+        ({"clip": 1.0}, {}, "set noise_multiplier"),
+        ({"noise_multiplier": 1.0}, {}, "privacy.noise_multiplier needs privacy.clip"),
+        ({"clip": 1.0, "noise_multiplier": 1.0}, {"aggregator": "median"}, "not linear"),
+        ({"clip": 1.0, "noise_multiplier": 1.0, "delta": 0.2}, {}, "privacy.delta"),
+        ({"clip": 1.0, "noise_multiplier": 1.0}, {"runtime": {"min_clients": 2}}, "runtime.min_clients"),
+        ({"clip": 1.0, "noise_multiplier": 1.0}, {"secure": {"method": "ckks"}}, "secure aggregation"),
+        ({"clip": 1.0, "target_epsilon": 5.0, "max_epsilon": 2.0}, {}, "max_epsilon"),
+        ({"clip": -1.0, "noise_multiplier": 1.0}, {}, "privacy.clip"),
+        ({"clip": 1.0, "noise_multiplier": 1.0, "mode": "both"}, {}, "privacy.mode"),
+    ],
+)
+def test_config_refuses_contradictions_with_one_line(privacy, more, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[")) as e:
+        cfg_with(privacy, **more)
+    assert "\n" not in str(e.value)
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+def test_run_reports_epsilon_per_round_and_in_summary():
+    cfg = cfg_with({"clip": 1.0, "noise_multiplier": 1.0}, runtime={"sampling": "poisson"})
+    res = run_federation(Federation.build(cfg))
+    eps = [r["epsilon"] for r in res.rows]
+    assert eps == sorted(eps) and eps[0] > 0
+    assert eps[-1] == pytest.approx(Accountant(Plan("poisson", "central", 10, 5, 1.0), 1e-5).epsilon(3))
+    s = res.summary
+    assert s["epsilon"] == eps[-1] and s["delta"] == 1e-5 and s["sampling"] == "poisson"
+    assert "add/remove" in s["accounting"] and s["neighbouring"] == "add/remove one client"
+    again = run_federation(Federation.build(cfg))
+    assert torch.equal(res.global_vec, again.global_vec)  # the same seed gives the same noise
+    other = run_federation(Federation.build(cfg.model_copy(update={"seed": 4})))
+    assert not torch.equal(res.global_vec, other.global_vec)
+
+
+def test_fixed_sampling_summary_claims_no_add_remove():
+    res = run_federation(Federation.build(cfg_with({"clip": 1.0, "noise_multiplier": 1.0})))
+    assert res.summary["neighbouring"] == "replace one client" and "no add/remove" in res.summary["accounting"]
+
+
+def test_target_epsilon_is_met_after_the_last_round():
+    res = run_federation(Federation.build(cfg_with({"clip": 1.0, "target_epsilon": 8.0})))
+    assert res.summary["epsilon"] <= 8.0 and res.summary["noise_multiplier"] > 0
+
+
+def test_max_epsilon_stops_before_the_round_that_would_pass_it():
+    acc = Accountant(Plan("fixed", "central", 10, 5, 1.0), 1e-5)
+    cap = (acc.epsilon(2) + acc.epsilon(3)) / 2
+    res = run_federation(Federation.build(cfg_with({"clip": 1.0, "noise_multiplier": 1.0, "max_epsilon": cap})))
+    assert len(res.rows) == 2 and res.summary["epsilon"] <= cap and res.summary["stopped_by_max_epsilon"]
+
+
+def test_local_mode_composes_over_the_most_picked_client():
+    cfg = cfg_with({"clip": 1.0, "noise_multiplier": 2.0, "mode": "local"})
+    fed = Federation.build(cfg)
+    res = run_federation(fed)
+    most = max(h["picked"] for h in res.health.values())
+    assert res.summary["epsilon"] == pytest.approx(Accountant(Plan("fixed", "local", 10, 5, 2.0), 1e-5).epsilon(most))
+
+
+def test_cli_writes_epsilon_to_metrics_and_summary(tmp_path):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({**BASE, "privacy": {"clip": 1.0, "noise_multiplier": 1.0}}))
+    assert main(["run", "-c", str(conf), "--out", str(tmp_path / "r"), "-q"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2, 3] and all("epsilon" in r for r in rows)
+    assert summary["epsilon"] == rows[-1]["epsilon"] and summary["delta"] == 1e-5
