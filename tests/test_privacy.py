@@ -227,3 +227,28 @@ def test_cli_writes_epsilon_to_metrics_and_summary(tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert [r["round"] for r in rows] == [1, 2, 3] and all("epsilon" in r for r in rows)
     assert summary["epsilon"] == rows[-1]["epsilon"] and summary["delta"] == 1e-5
+
+
+# --- the deployed client --------------------------------------------------------------------------------
+def test_deployed_worker_clips_before_encoding_like_the_simulated_client():
+    pytest.importorskip("flwr")
+    from fedloom.flower.fingerprint import config_hash
+    from fedloom.flower.protocol import VERSION
+    from fedloom.flower.worker import ClientWorker
+
+    cfg = cfg_with({"clip": 0.05, "noise_multiplier": 1.0}, no_models=3, k=3)
+    fed = Federation.build(cfg)
+    worker = ClientWorker(cfg, 1, log=lambda s: None)
+    down, received = fed.channel.down(fed.server.global_vec, 2)
+    reply = worker.handle("train", {"v": VERSION, "config_hash": config_hash(cfg), "round": 2, "payload": down})
+    assert reply["ok"]
+    (sent,), _ = fed.channel.decode_up([reply["payload"]], [1], 2)
+    update = fed.clients[1].local_train(fed.model, received, fed.spec, cfg.seed, 2)
+    assert float(torch.linalg.vector_norm(update.diff)) > 0.05  # so the clip did something
+    assert torch.allclose(sent, privatize_update(cfg.privacy, update.diff, cfg.seed, 2, 1))
+    assert float(torch.linalg.vector_norm(sent.double())) == pytest.approx(0.05, rel=1e-5)
+
+
+def test_summary_names_the_dp_step_not_the_weighted_fedavg():
+    res = run_federation(Federation.build(cfg_with({"clip": 1.0, "noise_multiplier": 1.0})))
+    assert res.summary["aggregator"] == "dp-fedavg (uniform weights, fixed denominator 5)"

@@ -75,5 +75,6 @@ def summary(cfg, rows: list[dict]) -> dict:
         "sampling": cfg.runtime.sampling,
         "neighbouring": plan.relation,
         "accounting": f"{Accountant.name}: {plan.why}",
+        "aggregator": f"dp-fedavg (uniform weights, fixed denominator {denominator(cfg):g})",
         "stopped_by_max_epsilon": stopped,
     }
