@@ -252,3 +252,35 @@ def test_deployed_worker_clips_before_encoding_like_the_simulated_client():
 def test_summary_names_the_dp_step_not_the_weighted_fedavg():
     res = run_federation(Federation.build(cfg_with({"clip": 1.0, "noise_multiplier": 1.0})))
     assert res.summary["aggregator"] == "dp-fedavg (uniform weights, fixed denominator 5)"
+
+
+# --- the experiment ---------------------------------------------------------------------------------------
+def test_privacy_experiment_table_curve_and_epsilon_order(tmp_path, monkeypatch):
+    import fedloom.experiments.privacy as exp
+    from fedloom.experiments import run_experiment
+
+    NOISE, CLIPS = (0.0, 0.5, 2.0), (0.5, 1.0)  # a smaller grid than the default: the test stays fast
+    monkeypatch.setattr(exp, "NOISE", NOISE)
+    monkeypatch.setattr(exp, "CLIPS", CLIPS)
+
+    cfg = build_config({**BASE, "global_epochs": 2, "seeds": 2, "runtime": {"sampling": "poisson"}})
+    s = run_experiment("privacy", cfg, tmp_path / "x")
+    rows = s["results"]
+    assert len(rows) == 1 + len(NOISE) * len(CLIPS) and rows[0]["setting"] == "no privacy"
+    assert rows[0]["epsilon_mean"] is None and not rows[0]["private"]
+    for clip in CLIPS:
+        eps = [r["epsilon_mean"] for r in rows[1:] if r["clip_mean"] == clip and r["noise_multiplier_mean"] > 0]
+        assert eps == sorted(eps, reverse=True)  # more noise, smaller ε; the same for every clip
+        assert eps[-1] == pytest.approx(Accountant(Plan("poisson", "central", 10, 5, max(NOISE)), 1e-5).epsilon(2))
+    assert all(len(r["accuracy_per_seed"]) == 2 for r in rows)
+    assert (tmp_path / "x" / "figures" / "accuracy_vs_epsilon.png").is_file()
+    assert "∞" in (tmp_path / "x" / "table.md").read_text() and s["sampling"] == "poisson"
+
+
+def test_privacy_experiment_refuses_target_epsilon(tmp_path):
+    from fedloom.experiments import run_experiment
+
+    cfg = cfg_with({"clip": 1.0, "target_epsilon": 5.0})
+    with pytest.raises(ConfigError, match="target_epsilon"):
+        run_experiment("privacy", cfg, tmp_path / "y")
+    assert not (tmp_path / "y").exists()
