@@ -284,3 +284,37 @@ def test_privacy_experiment_refuses_target_epsilon(tmp_path):
     with pytest.raises(ConfigError, match="target_epsilon"):
         run_experiment("privacy", cfg, tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_dp_over_flower_gives_the_simulated_numbers(tmp_path):
+    """Real server and client processes: the workers clip, the server noises (the same seeded noise as the
+    simulation), ε in the rows and the summary as simulated."""
+    pytest.importorskip("flwr")
+    from fedloom.flower.local import LocalFederation
+
+    raw = {
+        **BASE, "no_models": 3, "k": 3, "global_epochs": 3, "runtime": {"round_timeout": 20, "min_clients": 1},
+        "privacy": {"clip": 0.5, "noise_multiplier": 0.3},
+    }  # fmt: skip
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps(raw), encoding="utf-8")
+    fed = LocalFederation(conf, tmp_path / "fed")
+    try:
+        server = fed.server()
+        clients = [fed.client(i) for i in range(3)]
+        assert server.wait(240) == 0, server.output()[-3000:]
+        rows = fed.rows()
+        sim = run_federation(Federation.build(build_config(raw)))
+        assert [r["round"] for r in rows] == [1, 2, 3]
+        for mine, ref in zip(rows, sim.rows, strict=True):
+            assert mine["epsilon"] == pytest.approx(ref["epsilon"])
+            assert mine["accuracy"] == pytest.approx(ref["accuracy"]) and mine["loss"] == pytest.approx(
+                ref["loss"], rel=1e-4
+            )
+        summary = json.loads((fed.out / "summary.json").read_text(encoding="utf-8"))
+        assert summary["epsilon"] == pytest.approx(sim.summary["epsilon"]) and "replace-one" in summary["accounting"]
+        for c in clients:
+            assert c.wait(30) == 0, c.output()[-2000:]
+    finally:
+        fed.close()
