@@ -318,3 +318,43 @@ def test_dp_over_flower_gives_the_simulated_numbers(tmp_path):
             assert c.wait(30) == 0, c.output()[-2000:]
     finally:
         fed.close()
+
+
+# --- adaptive clipping ------------------------------------------------------------------------------------
+def test_adaptive_update_noise_and_clip_step_by_hand():
+    p = PrivacyConfig(clip=1.0, noise_multiplier=1.0, adaptive={"target_quantile": 0.25, "lr": 0.2, "count_noise": 1.0})
+    s = DPSum(p, 1.0, denominator=2.0, seed=0, cohort=2)
+    assert s.update_sigma == pytest.approx((1 - 0.25) ** -0.5)  # (z⁻² − (2σ_b)⁻²)^(−1/2) with z = σ_b = 1
+    quiet = PrivacyConfig(clip=1.0, noise_multiplier=0.0, adaptive={"target_quantile": 0.25, "count_noise": 1e-12})
+    s = DPSum(quiet, 0.0, denominator=2.0, seed=0, cohort=2)
+    new = s.step(1, torch.zeros(2), torch.tensor([[0.3, 0.4], [0.0, 2.0]]), None)  # norms 0.5 and 2
+    assert torch.allclose(new, torch.tensor([0.3, 1.4]) / 2)  # this round's step used C = 1
+    assert s.last["dp_unclipped_fraction"] == pytest.approx(0.5)  # 1 of the expected 2 within C
+    assert s.clip == pytest.approx(float(np.exp(-0.2 * (0.5 - 0.25))))
+    assert torch.equal(privatize_update(quiet, torch.full((3,), 9.0), 0, 1, 0), torch.full((3,), 9.0))  # server clips
+
+
+@pytest.mark.parametrize(
+    "privacy, needle",
+    [
+        ({"clip": 1.0, "noise_multiplier": 1.0, "mode": "local", "adaptive": {}}, "mode: central"),
+        ({"clip": 1.0, "noise_multiplier": 1.0, "adaptive": {"count_noise": 0.4}}, "count_noise 0.4 must exceed"),
+        ({"clip": 1.0, "target_epsilon": 3.0, "adaptive": {}}, "needs privacy.noise_multiplier"),
+    ],
+)
+def test_adaptive_refusals(privacy, needle):
+    with pytest.raises(ConfigError, match=needle):
+        cfg_with(privacy)
+
+
+def test_adaptive_clip_moves_toward_the_quantile_and_survives_a_checkpoint():
+    cfg = cfg_with({"clip": 100.0, "noise_multiplier": 0.3, "adaptive": {"lr": 0.5}}, global_epochs=8)
+    fed = Federation.build(cfg)
+    res = run_federation(fed)
+    clips = [r["dp_clip"] for r in res.rows]
+    assert clips[0] == 100.0 and clips[-1] < 100.0 * np.exp(-0.5 * 0.3 * 6)  # all updates fit: C shrinks
+    state = fed.state_dict(8)
+    other = Federation.build(cfg)
+    other.load_state_dict(state)
+    assert other.round.privacy.sum.clip == fed.round.privacy.sum.clip
+    assert res.summary["adaptive_clip"] and res.summary["clip_last_round"] == clips[-1]

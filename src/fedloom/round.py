@@ -285,6 +285,7 @@ class Round:
             "global": self.server.global_vec.clone(),
             "health": json.dumps(self.server.health_table()),
             "clipped": self.clipped,
+            **({"dp_clip": self.privacy.sum.clip} if self.privacy is not None else {}),  # adaptive clipping's C
         }
 
     def load_state_dict(self, state: dict) -> int:
@@ -294,6 +295,8 @@ class Round:
         self.server.global_vec = state["global"].clone()
         self.server.load_health(json.loads(state["health"]))
         self.clipped = int(state.get("clipped", 0))
+        if self.privacy is not None and "dp_clip" in state:
+            self.privacy.sum.clip = float(state["dp_clip"])
         return int(state["round"])
 
 

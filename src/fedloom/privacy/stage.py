@@ -34,7 +34,7 @@ class Privacy:
         self.noise_multiplier = float(sigma)
         self.plan = plan_of(cfg, self.noise_multiplier)
         self.accountant = Accountant(self.plan, p.delta)
-        self.sum = DPSum(p, self.noise_multiplier, denominator(cfg), cfg.seed)
+        self.sum = DPSum(p, self.noise_multiplier, denominator(cfg), cfg.seed, cohort=cfg.k)
 
     def releases(self, rnd: int, extra: int = 0) -> int:
         """How many releases ε is composed over after round ``rnd``: the rounds (central), or the most
@@ -71,6 +71,8 @@ def summary(cfg, rows: list[dict]) -> dict:
         "delta": p.delta,
         "noise_multiplier": sigma,
         "clip": p.clip,
+        "adaptive_clip": p.adaptive is not None,
+        "clip_last_round": last.get("dp_clip"),
         "privacy_mode": p.mode,
         "sampling": cfg.runtime.sampling,
         "neighbouring": plan.relation,
