@@ -101,6 +101,8 @@ class _Progress:
             info = f"acc {row['accuracy']:.3f}  loss {row['loss']:.3f}" + (
                 "" if row.get("applied", True) else "  (skipped)"
             )
+            if "epsilon" in row:  # privacy: the budget spent so far
+                info += f"  ε {row['epsilon']:.3g}"
             self.bar.update(task, advance=1, info=info)
 
     def __exit__(self, *exc):
