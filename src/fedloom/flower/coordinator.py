@@ -75,6 +75,8 @@ class Coordinator:
                 )
         self.round = Round(cfg, self.server, self.channel, RemoteCohort(self), server_secure)
         self.round.log = log
+        if cfg.privacy.enabled and cfg.privacy.reproducible_noise:  # the noise is only as secret as the seed
+            log("warning: privacy.reproducible_noise is on: clients know the seed and can redraw the server's noise")
         self.hash, self.cfg_json = config_hash(cfg), json.dumps(cfg.to_dict())
         self.out = Path(job["out"])
         self.poll = float(job.get("poll", 0.05))
