@@ -358,3 +358,17 @@ def test_adaptive_clip_moves_toward_the_quantile_and_survives_a_checkpoint():
     other.load_state_dict(state)
     assert other.round.privacy.sum.clip == fed.round.privacy.sum.clip
     assert res.summary["adaptive_clip"] and res.summary["clip_last_round"] == clips[-1]
+
+
+def test_a_round_nobody_answered_still_releases_its_noise():
+    cfg = cfg_with({"clip": 1.0, "noise_multiplier": 1.0}, runtime={"dropout": 0.9}, global_epochs=4)
+    fed = Federation.build(cfg)
+    before = fed.server.global_vec.clone()
+    rows = []
+    for r in range(1, 5):
+        rows.append(fed.run_round(r))
+        if not rows[-1]["clients"]:
+            break
+    empty = rows[-1]
+    assert not empty["clients"] and empty["applied"]  # nobody answered, and the round still counts
+    assert not torch.equal(fed.server.global_vec, before)  # the noise was added
