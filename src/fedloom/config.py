@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .privacy.settings import PrivacyConfig, check_privacy
 
 try:  # Python 3.11+
     import tomllib
@@ -88,6 +89,9 @@ class RuntimeConfig(_Section):
     )
     max_update_norm: float = Field(
         1e4, gt=0, allow_inf_nan=False, description="an update whose L2 norm is larger fails its client's round"
+    )
+    sampling: Literal["fixed", "poisson"] = Field(
+        "fixed", description="fixed: k of no_models without replacement; poisson: each joins w.p. k/no_models"
     )
     bn: Literal["fedavg", "fedbn"] = Field(
         "fedavg", description="BatchNorm state: fedavg averages it with the parameters; fedbn keeps it per client"
@@ -221,6 +225,7 @@ class Config(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     secure: SecureConfig = Field(default_factory=SecureConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     aggregator: Literal["mean", "median"] = Field(
         "mean", description="mean: the book's lambda rule if lambda is set, else FedAvg; median: coordinate-wise"
     )
@@ -286,6 +291,7 @@ class Config(_Section):
             except ValueError as e:
                 raise ValueError(f"compression.error_feedback: {e}") from None
         self._check_secure()
+        check_privacy(self)
         for spec in self.sweep or []:
             try:
                 _check_codec(spec, allow_ef=True)

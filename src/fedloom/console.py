@@ -58,6 +58,8 @@ class Progress:
         info = f"acc {row['accuracy']:.3f}  loss {row['loss']:.3f}" + (
             "" if row.get("applied", True) else "  (skipped)"
         )
+        if row.get("epsilon") is not None:  # privacy: the budget spent so far
+            info += f"  ε {row['epsilon']:.3g}"
         if self.bar is not None:
             self.bar.update(task, advance=1, info=info)
             return

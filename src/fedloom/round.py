@@ -101,6 +101,12 @@ class Round:
         # more numbers for each row, computed after evaluation (e.g. a backdoor's success, a privacy budget):
         # callables (round, row so far) -> dict of extra fields
         self.extras: list = []
+        self.privacy = None  # DP-FedAvg's server step and accountant (privacy/stage.py) when privacy.clip is set
+        if cfg.privacy.enabled:
+            from .privacy.stage import Privacy
+
+            self.privacy = Privacy(cfg, server)
+            self.extras.append(self.privacy.row)
 
     # --- the round --------------------------------------------------------------------------------
     def __call__(self, rnd: int) -> dict:
@@ -185,13 +191,16 @@ class Round:
             kept.append(a)
             values.append(v)
             present.append(None if p is None else p[0])
-        if not self._enough(rnd, kept):
-            return None
-        diffs = torch.stack(values)  # [clients, params]
+        if self.privacy is None and not self._enough(rnd, kept):
+            return None  # with privacy every round releases its noised sum, however few answered
+        diffs = torch.stack(values) if values else torch.zeros(0, layout.size)  # [clients, params]
         mask = None
         if any(p is not None for p in present):
             full = torch.ones(layout.size, dtype=torch.bool)
             mask = torch.stack([full if p is None else p for p in present])  # [clients, params]
+        if self.privacy is not None:
+            self.server.global_vec = self.privacy.sum.step(rnd, self.server.global_vec, diffs, mask)
+            return kept
         sizes = torch.tensor([a.num_samples for a in kept], dtype=torch.int64)
         self.server.aggregate(diffs, sizes, mask)
         return kept
@@ -279,6 +288,7 @@ class Round:
             "clipped": self.clipped,
             # a server step with state across rounds (a server optimizer's moments) checkpoints it here
             "aggregator": agg.state_dict() if hasattr(agg, "state_dict") else {},
+            **({"dp_clip": self.privacy.sum.clip} if self.privacy is not None else {}),  # adaptive clipping's C
         }
 
     def load_state_dict(self, state: dict) -> int:
@@ -290,6 +300,8 @@ class Round:
         self.clipped = int(state.get("clipped", 0))
         if hasattr(self.server.aggregator, "load_state_dict"):
             self.server.aggregator.load_state_dict(state.get("aggregator", {}))
+        if self.privacy is not None and "dp_clip" in state:
+            self.privacy.sum.clip = float(state["dp_clip"])
         return int(state["round"])
 
 

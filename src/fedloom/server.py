@@ -52,10 +52,14 @@ class Server:
         self.num_clients, self.k, self.seed = num_clients, k, seed
         self.health: dict[int, ClientHealth] = {}
         self.eval_model: nn.Module | None = None  # a copy on runtime.device when it is not the CPU
+        self.sampling = "fixed"  # runtime.sampling: "poisson" lets each client join with probability k/num_clients
 
     def sample(self, round: int) -> list[int]:
-        """``k`` distinct client ids for ``round``; a pure function of (seed, round)."""
+        """``k`` distinct client ids for ``round`` (poisson: each client independently with probability
+        ``k/num_clients``, so the cohort's size varies and may be 0); a pure function of (seed, round)."""
         rng = np.random.default_rng([self.seed, round, _SAMPLE_TAG])
+        if self.sampling == "poisson":
+            return [int(c) for c in np.flatnonzero(rng.random(self.num_clients) < self.k / self.num_clients)]
         return sorted(int(c) for c in rng.choice(self.num_clients, size=self.k, replace=False))
 
     def aggregate(self, diffs: torch.Tensor, num_samples: torch.Tensor, present: torch.Tensor | None = None) -> None:

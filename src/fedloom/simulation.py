@@ -31,6 +31,8 @@ from .device import resolve_device
 from .engines import make_engine
 from .models import build_model
 from .params import Layout, flatten
+from .privacy.mechanism import privatize_update
+from .privacy.stage import summary as privacy_summary
 from .round import Answer, Replies, Round, SecureServer
 from .secure import make_keyholder, make_server_cipher
 from .secure.guard import GuardedKeyHolder
@@ -89,6 +91,9 @@ class LocalCohort:
         if not alive:
             return Replies([], failed, len(clients))
         res = fed.engine.train(fed.model, received, fed.data, alive, fed.spec, cfg.seed, rnd)
+        if cfg.privacy.enabled:  # DP-FedAvg's client side, before the upload codec (privacy/mechanism.py)
+            rows = [privatize_update(cfg.privacy, d, cfg.seed, rnd, c) for c, d in zip(alive, res.diffs)]
+            res.diffs = torch.stack(rows)
         if fed.secure is None:
             payloads = fed.channel.up(res.diffs, alive, rnd)  # each client's codec (and error feedback)
             answers = [
@@ -157,6 +162,7 @@ class Federation:
             cfg.k,
             cfg.seed,
         )
+        server.sampling = cfg.runtime.sampling
         clients = [Client(c, data, cfg.runtime.client_memory_mb) for c in range(cfg.no_models)]
         spec = LocalSpec(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum)
         channel = Channel(
@@ -232,6 +238,8 @@ def run_federation(
     wall_start = time.perf_counter() if wall_start is None else wall_start
     rows = list(rows or [])
     for r in range(start_round, fed.cfg.global_epochs + 1):
+        if fed.round.privacy is not None and not fed.round.privacy.may_run(r):
+            break  # privacy.max_epsilon: this round could pass it
         row = fed.run_round(r)
         rows.append(row)
         if on_round is not None:
@@ -265,6 +273,7 @@ def summarize(fed: Federation, rows: list[dict], wall_seconds: float, cfg: Confi
         "compression_down": fed.channel.down_codec.name,
         "client_failures": sum(len(r["failed"]) for r in rows),
         **_secure_summary(cfg, rows),
+        **privacy_summary(cfg, rows),
         "seed": cfg.seed,
     }
 

@@ -75,6 +75,8 @@ class Coordinator:
                 )
         self.round = Round(cfg, self.server, self.channel, RemoteCohort(self), server_secure)
         self.round.log = log
+        if cfg.privacy.enabled and cfg.privacy.reproducible_noise:  # the noise is only as secret as the seed
+            log("warning: privacy.reproducible_noise is on: clients know the seed and can redraw the server's noise")
         self.hash = config_hash(cfg)
         self.out = Path(job["out"])
         self.poll = float(job.get("poll", 0.05))
@@ -279,6 +281,9 @@ class Coordinator:
     def run(self) -> dict:
         cfg = self.cfg
         for rnd in range(self.start_round, cfg.global_epochs + 1):
+            if self.round.privacy is not None and not self.round.privacy.may_run(rnd):
+                self.log(f"round {rnd}: stopping: privacy.max_epsilon {cfg.privacy.max_epsilon:g} would be passed")
+                break
             row = self.round(rnd)
             self.rows.append(row)
             self.run_dir.append(row)

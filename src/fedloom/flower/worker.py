@@ -45,6 +45,7 @@ from ..data.datasets import read_csv, standardize
 from ..errors import DataError, FedloomError
 from ..models import build_model
 from ..params import Layout, flatten
+from ..privacy.mechanism import privatize_update
 from ..secure.guard import Contribution, GuardedKeyHolder, KeyHolderRefusal, contribution_message
 from ..secure.secagg import SecAggState, encrypt_update
 from ..simulation import _SECURE_TAG, weight_ref  # the stream id of the packing's stochastic rounding
@@ -250,6 +251,8 @@ class ClientWorker:
                 "reason": f"global model has {global_vec.numel()} values, this client's model {self.layout.size}",
             }
         update = self.client.local_train(self.model, global_vec, self.spec, self.cfg.seed, rnd)
+        if self.cfg.privacy.enabled:  # DP-FedAvg's client side; local noise from OS entropy, unknown to the server
+            update.diff = privatize_update(self.cfg.privacy, update.diff, self.cfg.seed, rnd, self.id, fresh=True)
         if self.secure is not None:
             try:
                 encrypted = self._encrypt(rnd, update)
