@@ -10,12 +10,13 @@ Exit codes: 0 success, 2 bad usage/config/data (one line on stderr), 1 internal 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import FedloomError
+from .errors import FLAG_WORDS, FedloomError, user_words
 from .experiments import EXPERIMENTS
 
 __all__ = ["main"]
@@ -34,11 +35,13 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a config key; dotted keys reach sections (partition.alpha=0.3)",
         )
-        sp.add_argument("--out", help="output directory (default runs/<name>-<time>)")
+        sp.add_argument("--out", help="output directory (default runs/<name>-<time>); must be empty or new")
+        sp.add_argument("--overwrite", action="store_true", help="replace the fedloom run already in --out")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     run = sub.add_parser("run", help="train a federation and write metrics, summary, figures, report")
     conf_args(run)
+    run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same config)")
     rep = sub.add_parser("report", help="re-render the figures and report.md of a run directory")
     rep.add_argument("dir")
     keygen = sub.add_parser("keygen", help="write a Paillier key pair for secure aggregation (secret file 0600)")
@@ -121,16 +124,17 @@ def _finish_run(args, run_dir, summary: dict, state: dict, data, t0: float, titl
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .params import load_into
-    from .runs import RunDir, default_out_dir
     from .simulation import Federation, run_federation
 
     t0 = time.perf_counter()
     cfg = load_config(args.config, args.set)
+    run_dir = _prepare_out(args, cfg, cfg.name, "run")  # checks --out; writes nothing yet
     if cfg.secure.protocol == "encrypted-model":
-        return _run_encrypted_model(cfg, args, t0)
+        return _run_encrypted_model(cfg, args, t0, run_dir)
     fed = Federation.build(cfg)  # data errors surface here, before anything is written
-    run_dir = RunDir(Path(args.out) if args.out else default_out_dir(cfg.name), cfg.to_dict())
-    with _Progress(args.quiet) as progress:
+    start = _resume(fed, run_dir)
+    run_dir.create()
+    with _Progress(args.quiet) as progress, _abandon_on_error(run_dir):
         task = progress.task(f"{cfg.name}: rounds", cfg.global_epochs)
 
         def on_round(row: dict) -> None:
@@ -139,30 +143,59 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run_dir.checkpoint(row["round"], fed.server.global_vec, fed.server.health_table())
             progress.update(task, row)
 
-        result = run_federation(fed, on_round, wall_start=t0)
+        result = run_federation(fed, on_round, start_round=start, wall_start=t0)
     load_into(fed.model, result.global_vec)
     keys = ("final_accuracy", "final_loss", "rounds", "bytes_up", "bytes_down", "train_seconds", "client_failures")
     summary = {**result.summary, "health": result.health}
     return _finish_run(args, run_dir, summary, fed.model.state_dict(), fed.data, t0, f"{cfg.name}: summary", keys)
 
 
-def _run_encrypted_model(cfg, args: argparse.Namespace, t0: float) -> int:
+def _prepare_out(args: argparse.Namespace, cfg, name: str, kind: str):
+    from .runs import default_out_dir, prepare_run_dir
+
+    out = Path(args.out) if args.out else default_out_dir(name)
+    return prepare_run_dir(out, cfg.to_dict(), args.overwrite, getattr(args, "resume", False), kind)
+
+
+@contextlib.contextmanager
+def _abandon_on_error(run_dir):
+    """A user error before the first round leaves no folder behind (see RunDir.abandon)."""
+    try:
+        yield
+    except FedloomError:
+        run_dir.abandon()
+        raise
+
+
+def _resume(fed, run_dir) -> int:
+    """The first round to run: 1, or the round after ``--resume``'s checkpoint once the federation's state is
+    restored. Restoring (server, channel, RNG state) is the round loop's job: ``Federation.restore(checkpoint)``."""
+    point = run_dir.resume
+    if point is None:
+        return 1
+    restore = getattr(fed, "restore", None)
+    if restore is None:
+        raise FedloomError("--resume: continuing a simulated run is not available in this version (no restore)")
+    restore(point.checkpoint)
+    return point.round + 1
+
+
+def _run_encrypted_model(cfg, args: argparse.Namespace, t0: float, run_dir) -> int:
     """The book's 15.4 (the server holds the key and keeps the model encrypted): same outputs as a run."""
     import torch
 
     from .data import load_data
-    from .runs import RunDir, default_out_dir
     from .secure.encrypted_lr import run_encrypted_model
 
+    if run_dir.resume is not None:
+        raise FedloomError("--resume: the book's 15.4 encrypted-model run cannot be continued; use --overwrite")
     data = load_data(cfg)
-    out = Path(args.out) if args.out else default_out_dir(cfg.name)
-    run_dir = None
     with _Progress(args.quiet) as progress:
         task = progress.task(f"{cfg.name}: encrypted rounds", cfg.global_epochs)
 
         def on_round(row: dict) -> None:
-            nonlocal run_dir
-            run_dir = run_dir or RunDir(out, cfg.to_dict())  # created once the key and data are good
+            if not run_dir.created:
+                run_dir.create()  # created once the key and data are good
             run_dir.append(row)
             progress.update(task, row)
 
@@ -187,8 +220,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     try:
         pk, sk = generate_keypair(args.key_bits, allow_weak_keys=args.allow_weak_keys)
         public, secret = save_keypair(pk, sk, args.dir, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as e:
-        raise FedloomError(f"keygen: {e}") from None
+    except (ValueError, OSError) as e:
+        raise FedloomError(user_words(f"keygen: {e}", FLAG_WORDS)) from None
     print(f"public key: {public}\nsecret key: {secret} (mode 0600: give it only to the key holder)")
     return 0
 
@@ -196,12 +229,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiments import run_experiment
-    from .runs import default_out_dir
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else default_out_dir(f"{cfg.name}-{args.name}")
-    with _Progress(args.quiet) as progress:
+    run_dir = _prepare_out(args, cfg, f"{cfg.name}-{args.name}", "experiment")  # checked before any run
+    out = run_dir.path
+    run_dir.create(write_config=False, reset_metrics=False)
+    with _Progress(args.quiet) as progress, _abandon_on_error(run_dir):
         run_experiment(args.name, cfg, out, progress)
+    run_dir.done()
     if not args.quiet:
         from rich.console import Console
 

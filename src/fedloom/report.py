@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import read_json
+from .errors import FedloomError
+from .runs import load_run, read_json, write_text
 
 __all__ = ["render_run", "plot_curves", "plot_label_mix", "markdown_table", "new_figure", "save_figure"]
 
@@ -24,7 +25,9 @@ def new_figure(*args, **kwargs):
 def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # written whole, then renamed
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -90,23 +93,18 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def render_run(run_dir: str | Path) -> list[Path]:
     """(Re)write the figures and report.md of a ``fedloom run`` directory; returns the figure paths."""
     d = Path(run_dir)
-    summary, cfg = read_json(d / "summary.json"), read_json(d / "config.json")
-    rows = _read_rows(d / "metrics.jsonl")
+    summary, cfg, rows = load_run(d)  # refuses an incomplete, mixed or malformed folder
     figs = [plot_curves({cfg["name"]: rows}, d / "figures" / "accuracy.png", cfg["name"])]
     part = d / "partition.json"
     if part.is_file():
         p = read_json(part)
+        if not isinstance(p.get("label_counts"), list) or not isinstance(p.get("classes"), list):
+            raise FedloomError(f"{part}: expected 'classes' and 'label_counts' lists")
         title = (
-            f"label mix per client ({cfg['partition']['method']})"
+            f"label mix per client ({(cfg.get('partition') or {}).get('method', '?')})"
             if not (cfg.get("data") or {}).get("clients")
             else "label mix per client (one file each)"
         )
@@ -115,7 +113,7 @@ def render_run(run_dir: str | Path) -> list[Path]:
         f"# fedloom run: {cfg['name']}",
         "",
         f"{cfg['type']} · {cfg['model_name']} · {cfg['no_models']} clients, k={cfg['k']} per round, "
-        f"{cfg['global_epochs']} rounds × {cfg['local_epochs']} local epochs · seed {cfg['seed']}",
+        f"{cfg['global_epochs']} rounds × {cfg.get('local_epochs')} local epochs · seed {cfg.get('seed')}",
         "",
         markdown_table([{"metric": k, "value": v} for k, v in summary.items() if not isinstance(v, (dict, list))]),
         *[f"![{f.stem}](figures/{f.name})" for f in figs],
@@ -140,5 +138,5 @@ def render_run(run_dir: str | Path) -> list[Path]:
     health = summary.get("health")
     if health:
         lines += ["## Client health", "", markdown_table([{"client": c, **h} for c, h in health.items()])]
-    (d / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    write_text(d / "report.md", "\n".join(lines))
     return figs

@@ -22,6 +22,7 @@ from .channel import Channel
 from .client import Client
 from .config import Config
 from .data import FedData, load_data
+from .guards import check_memory_limit, divergence, warn
 from .models import build_model
 from .params import Layout, flatten
 from .secure import make_keyholder, make_server_cipher
@@ -182,12 +183,17 @@ def run_federation(
 ) -> RunResult:
     """Run rounds ``start_round..global_epochs``; ``on_round`` sees each metrics row as it is made."""
     wall_start = time.perf_counter() if wall_start is None else wall_start
-    rows = []
+    check_memory_limit(fed.clients, fed.num_params, fed.spec, fed.cfg.runtime.client_memory_mb)
+    rows, diverged_at = [], None
     for r in range(start_round, fed.cfg.global_epochs + 1):
         row = fed.run_round(r)
         rows.append(row)
         if on_round is not None:
             on_round(row)
+        if why := divergence(fed.server.global_vec, row):  # stop: every later round would be NaN
+            diverged_at = r
+            warn(f"the run diverged at round {r} ({why}); stopped there, rounds so far are kept (lower lr?)")
+            break
     last = rows[-1] if rows else {"accuracy": float("nan"), "loss": float("nan")}
     summary = {
         "final_accuracy": last["accuracy"],
@@ -209,6 +215,7 @@ def run_federation(
         "client_failures": sum(len(r["failed"]) for r in rows),
         **_secure_summary(fed, rows),
         "seed": fed.cfg.seed,
+        "diverged_at_round": diverged_at,
     }
     return RunResult(rows, summary, fed.server.global_vec.clone(), fed.server.health_table())
 
