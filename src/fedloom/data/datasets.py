@@ -216,8 +216,9 @@ def _aligned(files: list[tuple], names: list[str], paths: list[str]) -> list[tup
         missing = [n for n in names if n not in f[2]]
         extra = [n for n in f[2] if n not in names]
         if missing or extra:
-            what = f"has no column '{missing[0]}'" if missing else f"has a column '{extra[0]}'"
-            raise DataError(f"{path}: {what} that {paths[0]} does not; columns are matched by name")
+            what = f"no column '{missing[0]}', which" if missing else f"a column '{extra[0]}' that"
+            has = "has" if missing else "lacks"
+            raise DataError(f"{path}: {what} {paths[0]} {has}; the files' columns are matched by name")
         order = [f[2].index(n) for n in names]
         out.append((f[0][:, order], f[1], names))
     return out
