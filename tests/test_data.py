@@ -72,6 +72,7 @@ def test_csv_one_file_per_client_is_the_horizontal_setting(tmp_path):
         (["a", "y"], [[1, 0], [2]], "y", "line 3 has 1 fields"),
         (["a", "y"], [], "y", "no data rows"),
         (["a", "y"], [[1, 0], [2, 0], [3, 0]], "y", "single class"),
+        (["y"], [[0], [1], [0], [1]], "y", "no feature columns besides the label 'y'"),
     ],
 )
 def test_bad_csv_is_a_data_error(tmp_path, header, rows, label, needle):

@@ -123,14 +123,15 @@ def _finish_run(args, run_dir, summary: dict, state: dict, data, t0: float, titl
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .params import load_into
-    from .simulation import Federation, run_federation
 
     t0 = time.perf_counter()
     cfg = load_config(args.config, args.set)
     run_dir = _prepare_out(args, cfg, cfg.name, "run")  # checks --out; writes nothing yet
     if cfg.secure.protocol == "encrypted-model":
         return _run_encrypted_model(cfg, args, t0, run_dir)
+    from .params import load_into  # torch only now: a bad config or --out is refused in a fraction of a second
+    from .simulation import Federation, run_federation
+
     fed = Federation.build(cfg)  # data errors surface here, before anything is written
     start = _resume(fed, run_dir)
     run_dir.create()

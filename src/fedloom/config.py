@@ -47,6 +47,7 @@ _STRICT = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, str
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding and many tools take 32-bit seeds
 MAX_WIDTH, MAX_LAYERS = 65_536, 64  # hidden: beyond these a model does not fit any machine fedloom targets
 MAX_NAME = 100  # the name becomes part of a folder name
+MAX_SYNTHETIC_VALUES = 2**29  # rows × features of the synthetic set: 2 GB of float32
 
 
 class _Section(BaseModel):
@@ -125,7 +126,7 @@ class SecureConfig(_Section):
     key_bits: int = Field(2048, ge=256, le=16384, description="Paillier modulus bits")
     allow_weak_keys: bool = Field(False, description="permit key_bits < 2048 (to reproduce the book's 1024)")
     bits: int = Field(16, ge=1, le=32, description="packed Paillier: quantization bits per value")
-    clip: float = Field(0.5, gt=0, description="packed Paillier: values are clipped to ±clip")
+    clip: float = Field(0.5, gt=0, le=1e6, description="packed Paillier: values are clipped to ±clip")
     key_dir: str | None = Field(None, description="load the key pair written by `fedloom keygen DIR`")
     workers: int = Field(1, ge=1, le=1024, description="processes the key holder decrypts with")
 
@@ -145,8 +146,17 @@ class SyntheticConfig(_Section):
     num_samples: int = Field(20_000, ge=2, description="rows over all clients (train + eval)")
     dim: int = Field(60, ge=1)
     classes: int = Field(10, ge=2)
-    alpha: float = Field(1.0, ge=0, description="how much the clients' models differ")
-    beta: float = Field(1.0, ge=0, description="how much the clients' inputs differ")
+    alpha: float = Field(1.0, ge=0, le=100, description="how much the clients' models differ (FedProx: 0..1)")
+    beta: float = Field(1.0, ge=0, le=100, description="how much the clients' inputs differ (FedProx: 0..1)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> SyntheticConfig:
+        if self.num_samples * self.dim > MAX_SYNTHETIC_VALUES:
+            raise ValueError(
+                f"synthetic.num_samples × synthetic.dim is {self.num_samples * self.dim:,}; at most "
+                f"{MAX_SYNTHETIC_VALUES:,} values (2 GB of float32) are generated"
+            )
+        return self
 
 
 class DataConfig(_Section):

@@ -52,7 +52,13 @@ _SIGNS = frozenset({"metrics.jsonl", "summary.json", "table.md", MARKER})  # one
 
 
 def default_out_dir(name: str, root: str | Path = "runs") -> Path:
-    return Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<name>-<time>``, with a counter when two runs start in the same second."""
+    base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def _clean(obj):

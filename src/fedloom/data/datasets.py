@@ -155,6 +155,8 @@ def read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise DataError(f"{p}: no data rows after the header")
     li = header.index(label)
     feats = [i for i in range(len(header)) if i != li]
+    if not feats:
+        raise DataError(f"{p}: no feature columns besides the label '{label}'")
     x = np.empty((len(body), len(feats)), dtype=np.float32)
     for r, (line, row) in enumerate(body):
         if len(row) != len(header):
