@@ -125,7 +125,7 @@ def test_relative_data_paths_are_relative_to_the_config_file(tmp_path):
     ("raw", "needle"),
     [
         ({"lr": float("inf")}, "field 'lr'"),
-        ({"lambda": float("nan")}, "field 'lambda'"),
+        ({"lambda": float("nan")}, "field 'lambda': Input should be a finite number"),
         ({"partition": {"alpha": float("inf")}}, "field 'partition.alpha'"),
         ({"batch_size": True}, "field 'batch_size'"),  # no bool -> int coercion
         ({"k": "3"}, "field 'k'"),  # no str -> int coercion
@@ -210,3 +210,18 @@ def test_every_relative_path_resolves_against_the_config_folder(tmp_path, monkey
     sub = tmp_path / "sub"
     assert cfg.data.clients == [str(sub / "t.csv"), str(sub / "u.csv")] and cfg.data.eval == str(sub / "e.csv")
     assert cfg.secure.key_dir == str(sub / "keys")
+
+
+def test_unreadable_config_is_one_line(tmp_path, monkeypatch):
+    f = tmp_path / "c.json"
+    f.write_text("{}")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(f), "read_bytes", denied)
+    with pytest.raises(ConfigError, match=r"c.json: permission denied"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        monkeypatch.undo()
+        load_config(tmp_path)

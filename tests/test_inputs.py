@@ -45,10 +45,10 @@ def _two_class_rows(n=12, shift=0):
 # (id, config file name, its bytes, extra CLI args, needle in the one error line)
 CONFIGS = [
     ("json-infinity", "c.json", b'{"lr": Infinity}', [], "field 'lr': inf is not a finite number"),
-    ("json-nan-lambda", "c.json", b'{"lambda": NaN}', [], "field 'lambda'"),
+    ("json-nan-lambda", "c.json", b'{"lambda": NaN}', [], "field 'lambda': nan is not a finite number"),
     ("json-1e999", "c.json", b'{"lr": 1e999}', [], "field 'lr'"),
     ("yaml-inf", "c.yaml", b"partition:\n  alpha: .inf\n", [], "field 'partition.alpha'"),
-    ("toml-nan", "c.toml", b"momentum = nan\n", [], "field 'momentum'"),
+    ("toml-nan", "c.toml", b"momentum = nan\n", [], "field 'momentum': nan is not a finite number"),
     ("set-infinity", "c.json", b"{}", ["--set", "lr=Infinity"], "--set lr=Infinity: field 'lr'"),
     ("latin-1", "c.json", '{"name": "café"}'.encode("latin-1"), [], "not UTF-8 text"),
     ("gbk", "c.yaml", "name: 联邦\n".encode("gbk"), [], "save the config file as UTF-8"),
@@ -72,7 +72,7 @@ CONFIGS = [
     ("data-for-bundled", "c.json", b'{"type": "iris", "data": {"path": "x.csv"}}', [], "the data section is for"),
     ("lambda-median", "c.json", b'{"lambda": 0.5, "aggregator": "median"}', [], "ignores it"),
     ("eval-0.99", "c.json", b'{"eval_fraction": 0.99}', [], "training rows"),
-    ("weak-key-words", "c.json", b'{"secure": {"method": "paillier", "key_bits": 1024}}', [], "allow_weak_keys: true"),
+    ("set-empty-key-part", "c.json", b"{}", ["--set", "partition..alpha=1"], "empty part in the key"),
     ("memory-too-small", "c.json", b'{"runtime": {"client_memory_mb": 1e-05}}', [], "smallest task needs 0.00"),
 ]
 
@@ -294,3 +294,10 @@ def test_mismatched_key_pair_is_refused_when_keys_load(tmp_path):
     out = tmp_path / "out"
     _one_clear_line(fedloom("run", "-c", conf, "--out", out, "-q"), "belong to different key pairs")
     assert not out.exists()
+
+
+def test_keygen_twice_names_the_overwrite_flag(tmp_path):
+    pytest.importorskip("gmpy2")
+    args = ("keygen", tmp_path / "k", "--key-bits", "512", "--allow-weak-keys")
+    assert fedloom(*args).returncode == 0
+    _one_clear_line(fedloom(*args), "pass --overwrite to replace it")
