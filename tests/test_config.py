@@ -138,6 +138,7 @@ def test_relative_data_paths_are_relative_to_the_config_file(tmp_path):
         ({"type": "wine", "data": {"path": "x.csv"}}, "the data section is for type: csv"),
         ({"lambda": 0.5, "aggregator": "median"}, "aggregator median ignores it"),
         ({"secure": {"key_bits": 10**6}}, "field 'secure.key_bits'"),
+        ({"global_epochs": 10**400}, "field 'global_epochs'"),
         ({"type": "synthetic", "synthetic": {"alpha": 1e300}}, "field 'synthetic.alpha'"),
         ({"type": "synthetic", "synthetic": {"num_samples": 10**9, "dim": 60}}, "at most 536,870,912 values"),
         ({"secure": {"method": "paillier", "clip": 1e300}}, "field 'secure.clip'"),

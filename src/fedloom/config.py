@@ -4,7 +4,8 @@ The book's keys keep their names and meaning (《联邦学习实战》 ch.3 conf
 ``model_name, no_models, type, global_epochs, local_epochs, k, batch_size, lr, momentum, lambda``.
 New settings live in sections (``partition``, ``runtime``, ``data``). Files may be JSON, YAML or TOML;
 ``--set key=value`` overrides use dotted keys for sections (``--set partition.alpha=0.3``).
-Every mistake becomes a :class:`~fedloom.errors.ConfigError` whose one line names the field.
+Every mistake becomes a :class:`~fedloom.errors.ConfigError` whose one line names the field (or ``--set``).
+Fields are strict (no bool→int or str→number coercion) and finite; file reading is in ``config_files.py``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,8 @@ from .config_files import check_values, one_line, read_config_file
 from .config_files import hint as _hint
 from .errors import ConfigError
 
-__all__ = [
-    "Config",
-    "PartitionConfig",
-    "RuntimeConfig",
-    "DataConfig",
-    "CompressionConfig",
-    "SecureConfig",
-    "load_config",
-    "build_config",
-    "apply_overrides",
-]
+__all__ = ["Config", "PartitionConfig", "RuntimeConfig", "DataConfig", "CompressionConfig", "SecureConfig"]
+__all__ += ["load_config", "build_config", "apply_overrides"]
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist", "csv", "synthetic")
 DOWNLOAD_DATASETS = ("cifar", "cifar10", "cifar100", "fashion_mnist", "emnist", "femnist", "imagenet")
@@ -182,10 +174,10 @@ class Config(_Section):
     name: str = Field("fedloom", pattern=r"^[A-Za-z0-9._-]+$", min_length=1, max_length=MAX_NAME)
     # --- the book's keys ---
     model_name: str = "fnn"
-    no_models: int = Field(10, ge=1, description="number of clients")
+    no_models: int = Field(10, ge=1, le=10_000_000, description="number of clients")
     type: str = Field("iris", description="dataset")
-    global_epochs: int = Field(30, ge=1, description="rounds")
-    local_epochs: int = Field(3, ge=1)
+    global_epochs: int = Field(30, ge=1, le=10_000_000, description="rounds")
+    local_epochs: int = Field(3, ge=1, le=1_000_000)
     k: int = Field(5, ge=1, description="clients sampled per round")
     batch_size: int = Field(10, ge=1)
     lr: float = Field(0.3, gt=0)
