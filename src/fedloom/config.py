@@ -379,12 +379,17 @@ def _blame(err: ValidationError, raw: dict[str, Any], overrides: list[str], sour
     return one_line(err, Config, source)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | dict | Config | None, overrides: list[str] | None = None) -> Config:
     """Read a JSON/YAML/TOML config (or the defaults when ``path`` is None) and apply overrides.
 
     Relative paths in the file are relative to the file's folder; those given with ``--set`` to the
     current folder (where the command was typed)."""
-    raw = read_config_file(Path(path)) if path is not None else {}
+    if isinstance(path, (dict, Config)):  # notebooks build configs in code
+        raw = path.to_dict() if isinstance(path, Config) else path
+        check_values(raw, "config")
+        path = None
+    else:
+        raw = read_config_file(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "config"
     overrides = overrides or []
     try:

@@ -28,25 +28,14 @@ import torch
 
 from .errors import FedloomError
 
-__all__ = [
-    "RunDir",
-    "ResumePoint",
-    "open_run_dir",
-    "prepare_run_dir",
-    "default_out_dir",
-    "write_json",
-    "write_text",
-    "read_json",
-    "load_checkpoint",
-    "load_run",
-    "MARKER",
-]
+__all__ = ["RunDir", "ResumePoint", "open_run_dir", "prepare_run_dir", "default_out_dir", "load_run", "MARKER"]
+__all__ += ["write_json", "write_text", "read_json", "load_checkpoint"]
 
 MARKER = "RUNNING"  # present while a run or experiment is writing its folder
 # what fedloom writes into a run or experiment folder; anything else there is the user's
 FEDLOOM_FILES = frozenset(
     {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt", "partition.json", "report.md",
-     "table.md", "figures", MARKER}
+     "table.md", "figures", "tb", MARKER}
 )  # fmt: skip
 _SIGNS = frozenset({"metrics.jsonl", "summary.json", "table.md", MARKER})  # one of these marks fedloom's folder
 
@@ -169,10 +158,10 @@ class RunDir:
         self,
         path: str | Path,
         config: dict,
+        overwrite_metrics: bool | None = None,
+        *,
         overwrite: bool = False,
         resume: ResumePoint | None = None,
-        *,
-        overwrite_metrics: bool | None = None,
     ):
         self.path = Path(path)
         self.config = config
@@ -181,7 +170,7 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self._rows: list[str] | None = [json.dumps(_clean(r)) for r in resume.rows] if resume else []
         self.created, self._made = False, False
-        if overwrite_metrics is not None:  # the Flower coordinator's form: create now, rows appended to the file
+        if overwrite_metrics is not None:  # the older form (Flower coordinator): create now, rows appended to the file
             self._rows = None
             if self.path.exists() and not self.path.is_dir():
                 raise FedloomError(f"--out {self.path}: exists and is not a directory")
@@ -241,6 +230,16 @@ class RunDir:
             return
         self._rows.append(json.dumps(_clean(row)))
         write_text(self.metrics, "".join(line + "\n" for line in self._rows))
+
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        """``metrics.jsonl`` holding exactly ``rows`` (written whole)."""
+        if self._rows is not None:
+            self._rows = [json.dumps(_clean(r)) for r in rows]
+        write_text(self.metrics, "".join(json.dumps(_clean(r)) + "\n" for r in rows))
+
+    def write_checkpoint(self, state: dict) -> None:
+        """``checkpoint.pt`` from a state dict of tensors and plain values (written whole)."""
+        _save_tensors(self.path / "checkpoint.pt", state)
 
     def checkpoint(self, round: int, global_vec: torch.Tensor, health: dict, **state) -> None:
         """Save the round's state (``state``: more tensors or dicts, e.g. error-feedback residuals)."""
