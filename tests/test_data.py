@@ -72,6 +72,7 @@ def test_csv_one_file_per_client_is_the_horizontal_setting(tmp_path):
         (["a", "y"], [[1, 0], [2]], "y", "line 3 has 1 fields"),
         (["a", "y"], [], "y", "no data rows"),
         (["a", "y"], [[1, 0], [2, 0], [3, 0]], "y", "single class"),
+        (["y"], [[0], [1], [0], [1]], "y", "no feature columns besides the label 'y'"),
     ],
 )
 def test_bad_csv_is_a_data_error(tmp_path, header, rows, label, needle):
@@ -110,3 +111,97 @@ def test_synthetic_config_errors():
         build_config({"type": "synthetic", "no_models": 10, "synthetic": {"num_samples": 5}})
     with pytest.raises(ConfigError, match="synthetic.alpha"):
         build_config({"type": "synthetic", "synthetic": {"alpha": -1}})
+
+
+# --- issue 10 / issue 11 items 4 and 7 ------------------------------------------------------------------------
+def _clients_cfg(files, ev=None, **kw):
+    data = {"clients": files, "label": "y"} | ({"eval": ev} if ev else {})
+    return build_config({"type": "csv", "no_models": len(files), "k": 1, "data": data, **kw})
+
+
+def test_numeric_labels_are_canonical_and_ordered_numerically(tmp_path):
+    from fedloom.data.datasets import canonical_label
+
+    assert [canonical_label(v) for v in ("1", "1.0", " 01 ", "1e1", "2.5", "cat", "nan")] == [
+        "1", "1", "1", "10", "2.5", "cat", "nan"
+    ]  # fmt: skip
+    rows = [[i, ["1", "1.0", "10", "9.0", "2"][i % 5]] for i in range(40)]
+    f = _csv(tmp_path / "t.csv", ["a", "y"], rows)
+    d = load_data(build_config({"type": "csv", "no_models": 2, "k": 1, "data": {"path": f, "label": "y"}}))
+    assert d.classes == ["1", "2", "9", "10"]
+
+
+def test_class_order_does_not_depend_on_string_hashing(tmp_path):
+    import subprocess
+    import sys
+
+    f = _csv(tmp_path / "t.csv", ["a", "y"], [[i, ["b", "a", "1", "1.0"][i % 4]] for i in range(40)])
+    code = (
+        "from fedloom.config import build_config; from fedloom.data import load_data; "
+        f"print(load_data(build_config({{'type': 'csv', 'no_models': 2, 'k': 1, 'data': {{'path': {f!r}, "
+        "'label': 'y'}})).classes)"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(h)},
+        ).stdout  # fmt: skip
+        for h in (1, 2, 3)
+    }
+    assert seen == {"['1', 'a', 'b']\n"}
+
+
+def test_client_files_are_matched_by_column_name(tmp_path):
+    a = _csv(tmp_path / "c0.csv", ["u", "v", "y"], [[i, 100 + i, "ab"[i % 2]] for i in range(10)])
+    b = _csv(tmp_path / "c1.csv", ["v", "y", "u"], [[100 + i, "ab"[i % 2], i] for i in range(10)])
+    ev = _csv(tmp_path / "e.csv", ["y", "u", "v"], [["ab"[i % 2], i, 100 + i] for i in range(6)])
+    d = load_data(_clients_cfg([a, b], ev))
+    x = d.x_train.numpy()
+    assert np.allclose(x[:10], x[10:])  # same rows in both files, columns reordered by name
+    with pytest.raises(DataError, match="c2.csv: no column 'u'"):
+        load_data(_clients_cfg([a, _csv(tmp_path / "c2.csv", ["w", "v", "y"], [[1, 2, "a"], [2, 3, "b"]])], ev))
+
+
+def test_each_client_file_is_standardized_with_its_own_statistics(tmp_path):
+    """Issue 11 item 7: as a Flower client with --data does (no pooled statistics in the horizontal setting)."""
+    files = [
+        _csv(tmp_path / f"c{c}.csv", ["u", "y"], [[1000 * c + i, "ab"[i % 2]] for i in range(10)]) for c in range(2)
+    ]
+    ev = _csv(tmp_path / "e.csv", ["u", "y"], [[5000 + i, "ab"[i % 2]] for i in range(6)])
+    d = load_data(_clients_cfg(files, ev))
+    for c in range(2):
+        rows = d.x_train[d.client_indices(c)]
+        assert abs(float(rows.mean())) < 1e-5 and abs(float(rows.std(unbiased=False)) - 1) < 1e-4
+    assert abs(float(d.x_eval.mean())) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("cells", "needle"),
+    [(["nan"], "'nan' is not a finite number"), (["inf"], "'inf' is not a finite number"),
+     (["1e999"], "'1e999' is not a finite number"), (["-Infinity"], "'-Infinity'")],
+)  # fmt: skip
+def test_non_finite_cells_name_file_line_and_column(tmp_path, cells, needle):
+    rows = [[i, "ab"[i % 2]] for i in range(6)] + [[cells[0], "a"]]
+    f = _csv(tmp_path / "t.csv", ["a", "y"], rows)
+    with pytest.raises(DataError, match=rf"t.csv: line 8, column 'a': {needle}"):
+        load_data(build_config({"type": "csv", "no_models": 1, "k": 1, "data": {"path": f, "label": "y"}}))
+
+
+def test_bom_header_is_read(tmp_path):
+    (tmp_path / "t.csv").write_bytes(
+        b"\xef\xbb\xbfy,a\n" + b"".join(b"%s,%d\n" % (b"ab"[i % 2 : i % 2 + 1], i) for i in range(10))
+    )
+    d = load_data(
+        build_config({"type": "csv", "no_models": 1, "k": 1, "data": {"path": str(tmp_path / "t.csv"), "label": "y"}})
+    )
+    assert d.classes == ["a", "b"]
+
+
+def test_label_only_in_the_eval_file_is_named(tmp_path):
+    a = _csv(tmp_path / "c0.csv", ["u", "y"], [[i, "ab"[i % 2]] for i in range(10)])
+    ev = _csv(tmp_path / "e.csv", ["u", "y"], [[1, "a"], [2, "c"]])
+    with pytest.raises(DataError, match="e.csv: label 'c' appears in no client file"):
+        load_data(_clients_cfg([a], ev))

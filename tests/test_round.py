@@ -147,7 +147,7 @@ def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path):
     # an interrupted run: three rounds written as `fedloom run` writes them, then the process is gone
     cfg = build_config(RESUME)
     fed = Federation.build(cfg)
-    run_dir = RunDir(tmp_path / "cut", cfg.to_dict())
+    run_dir = RunDir(tmp_path / "cut", cfg.to_dict()).create()
 
     def on_round(row):
         run_dir.append(row)
@@ -155,7 +155,7 @@ def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path):
 
     for r in range(1, 4):
         on_round(fed.run_round(r))
-    run_dir.append({"round": 4, "accuracy": 0.0})  # a row after the checkpoint: round 4 is redone
+    run_dir.append(fed.run_round(4))  # a row written, then the crash before its checkpoint: round 4 is redone
     with open(run_dir.metrics, "a", encoding="utf-8") as f:
         f.write('{"round": 5, "acc')  # cut short by the interruption
     assert main(["run", "-c", str(conf), "--out", str(tmp_path / "cut"), "--resume", "-q"]) == 0

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from fedloom.config import build_config
+from fedloom.errors import ConfigError
 from fedloom.simulation import Federation, run_federation
 from fedloom.training import LocalSpec, SequentialEngine, client_seed, train_one
 
@@ -84,10 +86,11 @@ def test_too_few_survivors_skip_the_round_without_changing_the_model():
 
 def test_clients_refuse_when_memory_is_short():
     cfg = build_config({"global_epochs": 2, "no_models": 3, "k": 3, "runtime": {"client_memory_mb": 1e-4}})
-    res = _run(cfg)
-    assert all(not r["applied"] for r in res.rows)
-    reason = next(iter(res.rows[0]["failed"].values()))
-    assert reason.startswith("refused: needs") and "MB free" in reason
+    fed = Federation.build(cfg)
+    report = fed.clients[0].check_resources(fed.num_params, fed.spec)
+    assert not report.ok and report.reason.startswith("needs 0.00") and "0.0001 MB free" in report.reason
+    with pytest.raises(ConfigError, match=r"client_memory_mb 0.0001: every client needs more .*0\.00\d+ MB"):
+        _run(cfg)  # a limit no client fits is refused before round 1, not run as rounds that learn nothing
 
 
 def test_training_never_writes_into_the_global_vector(iris_cfg):

@@ -143,9 +143,18 @@ def resolve_config(config, overrides: dict[str, Any] | None = None):
     return build_config(_merge(raw, _nest(overrides)), source)
 
 
-def run(config, out: str | Path | bool | None = None, *, progress: bool = False, **overrides) -> Run:
+def run(
+    config,
+    out: str | Path | bool | None = None,
+    *,
+    progress: bool = False,
+    overwrite: bool = False,
+    resume: bool = False,
+    **overrides,
+) -> Run:
     """Train a federation. ``out``: a folder to write the run folder into (``True``: ``runs/<name>-<time>``),
-    or None to keep everything in memory. ``tensorboard=True`` logs into ``out/tb``."""
+    or None to keep everything in memory; it must be new or empty unless ``overwrite`` (replace a fedloom run
+    there) or ``resume`` (continue it). ``tensorboard=True`` logs into ``out/tb``."""
     from .console import Progress
     from .runner import execute
     from .runs import default_out_dir
@@ -156,7 +165,7 @@ def run(config, out: str | Path | bool | None = None, *, progress: bool = False,
     cfg = resolve_config(config, overrides)
     folder = default_out_dir(cfg.name) if out is True else (None if out in (None, False) else Path(out))
     with Progress(quiet=not progress) as bar:
-        res = execute(cfg, folder, bar, t0)
+        res = execute(cfg, folder, bar, t0, resume=resume, overwrite=overwrite)
     return Run(res.config, res.rows, res.summary, res.model, res.path, res.state_dict, res.health)
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import FedloomError
+from .errors import FLAG_WORDS, FedloomError, user_words
 from .experiments import EXPERIMENTS
 
 __all__ = ["main"]
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a config key; dotted keys reach sections (partition.alpha=0.3)",
         )
-        sp.add_argument("--out", help="output directory (default runs/<name>-<time>)")
+        sp.add_argument("--out", help="output directory (default runs/<name>-<time>); must be empty or new")
+        sp.add_argument("--overwrite", action="store_true", help="replace the fedloom run already in --out")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     run = sub.add_parser("run", help="train a federation and write metrics, summary, figures, report")
@@ -145,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_out_dir(cfg.name)
     with Progress(args.quiet) as progress:
-        res = execute(cfg, out, progress, t0, resume=args.resume)
+        res = execute(cfg, out, progress, t0, resume=args.resume, overwrite=args.overwrite)
     if not args.quiet:
         title = f"{cfg.name}: " + (
             "encrypted model (book 15.4)" if cfg.secure.protocol == "encrypted-model" else "summary"
@@ -174,8 +175,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     try:
         pk, sk = generate_keypair(args.key_bits, allow_weak_keys=args.allow_weak_keys)
         public, secret = save_keypair(pk, sk, args.dir, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as e:
-        raise FedloomError(f"keygen: {e}") from None
+    except (ValueError, OSError) as e:
+        raise FedloomError(user_words(f"keygen: {e}", FLAG_WORDS)) from None
     print(f"public key: {public}\nsecret key: {secret} (mode 0600: give it only to the key holder)")
     warning = secret_in_work_tree(secret)
     if warning:

@@ -81,7 +81,7 @@ class Client:
         if cpus < 1:
             return ResourceReport(False, cpus, free, need, "no CPU available")
         if need > free:
-            return ResourceReport(False, cpus, free, need, f"needs {need:.1f} MB, {free:.1f} MB free")
+            return ResourceReport(False, cpus, free, need, f"needs {need:.3g} MB, {free:.3g} MB free")
         return ResourceReport(True, cpus, free, need)
 
     def local_train(self, model: nn.Module, global_vec: torch.Tensor, spec: LocalSpec, seed: int, round: int) -> Update:

@@ -4,38 +4,26 @@ The book's keys keep their names and meaning (《联邦学习实战》 ch.3 conf
 ``model_name, no_models, type, global_epochs, local_epochs, k, batch_size, lr, momentum, lambda``.
 New settings live in sections (``partition``, ``runtime``, ``data``). Files may be JSON, YAML or TOML;
 ``--set key=value`` overrides use dotted keys for sections (``--set partition.alpha=0.3``).
-Every mistake becomes a :class:`~fedloom.errors.ConfigError` whose one line names the field.
+Every mistake becomes a :class:`~fedloom.errors.ConfigError` whose one line names the field (or ``--set``).
+Fields are strict (no bool→int or str→number coercion) and finite; file reading is in ``config_files.py``.
 """
 
 from __future__ import annotations
 
-import difflib
+import copy
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_files import check_values, one_line, read_config_file
+from .config_files import hint as _hint
 from .errors import ConfigError
 from .privacy.settings import PrivacyConfig, check_privacy
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
-__all__ = [
-    "Config",
-    "PartitionConfig",
-    "RuntimeConfig",
-    "DataConfig",
-    "CompressionConfig",
-    "SecureConfig",
-    "load_config",
-    "build_config",
-    "apply_overrides",
-]
+__all__ = ["Config", "PartitionConfig", "RuntimeConfig", "DataConfig", "CompressionConfig", "SecureConfig"]
+__all__ += ["load_config", "build_config", "apply_overrides"]
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist", "csv", "synthetic")
 DOWNLOAD_DATASETS = ("cifar", "cifar10", "cifar100", "fashion_mnist", "emnist", "femnist", "imagenet")
@@ -47,8 +35,16 @@ TORCHVISION_MODELS = (
 )  # fmt: skip
 
 
+# strict: no silent coercion (true is not 1, "3" is not 3); no Infinity/NaN anywhere
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True, allow_inf_nan=False)
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and many tools take 32-bit seeds
+MAX_WIDTH, MAX_LAYERS = 65_536, 64  # hidden: beyond these a model does not fit any machine fedloom targets
+MAX_NAME = 100  # the name becomes part of a folder name
+MAX_SYNTHETIC_VALUES = 2**29  # rows × features of the synthetic set: 2 GB of float32
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = _STRICT
 
 
 class PartitionConfig(_Section):
@@ -69,7 +65,7 @@ class RuntimeConfig(_Section):
     chunk: int | None = Field(
         None, ge=1, description="clients the vectorized engine trains together (default: sized from free memory)"
     )
-    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    threads: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
         "auto", description="torch intra-op threads; auto: measured on the run's kernels (fedloom.threads)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -107,12 +103,12 @@ def _check_codec(spec: str, allow_ef: bool) -> str:
     if ef and not allow_ef:
         raise ValueError("error feedback (+ef) applies to the upload only")
     try:
-        codec = parse_codec(body)
+        codec = parse_codec(body.lower())
         if ef:
             check_error_feedback(codec)  # randk/mask with +ef would diverge
     except ConfigError as e:
         raise ValueError(str(e)) from None
-    return spec
+    return spec.strip().lower()  # codec names are case-insensitive: Q8 is q8
 
 
 class CompressionConfig(_Section):
@@ -140,12 +136,12 @@ class SecureConfig(_Section):
     protocol: Literal["secagg", "encrypted-model"] = Field(
         "secagg", description="secagg: the server holds no key; encrypted-model: the book's 15.4"
     )
-    key_bits: int = Field(2048, ge=256, description="Paillier modulus bits")
+    key_bits: int = Field(2048, ge=256, le=16384, description="Paillier modulus bits")
     allow_weak_keys: bool = Field(False, description="permit key_bits < 2048 (to reproduce the book's 1024)")
     bits: int = Field(16, ge=1, le=32, description="packed Paillier: quantization bits per value")
-    clip: float = Field(0.5, gt=0, description="packed Paillier: values are clipped to ±clip")
+    clip: float = Field(0.5, gt=0, le=1e6, description="packed Paillier: values are clipped to ±clip")
     key_dir: str | None = Field(None, description="load the key pair written by `fedloom keygen DIR`")
-    workers: int = Field(1, ge=1, description="processes the key holder decrypts with")
+    workers: int = Field(1, ge=1, le=1024, description="processes the key holder decrypts with")
     weight_ref: float | None = Field(
         None,
         gt=0,
@@ -176,8 +172,17 @@ class SyntheticConfig(_Section):
     num_samples: int = Field(20_000, ge=2, description="rows over all clients (train + eval)")
     dim: int = Field(60, ge=1)
     classes: int = Field(10, ge=2)
-    alpha: float = Field(1.0, ge=0, description="how much the clients' models differ")
-    beta: float = Field(1.0, ge=0, description="how much the clients' inputs differ")
+    alpha: float = Field(1.0, ge=0, le=100, description="how much the clients' models differ (FedProx: 0..1)")
+    beta: float = Field(1.0, ge=0, le=100, description="how much the clients' inputs differ (FedProx: 0..1)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> SyntheticConfig:
+        if self.num_samples * self.dim > MAX_SYNTHETIC_VALUES:
+            raise ValueError(
+                f"synthetic.num_samples × synthetic.dim is {self.num_samples * self.dim:,}; at most "
+                f"{MAX_SYNTHETIC_VALUES:,} values (2 GB of float32) are generated"
+            )
+        return self
 
 
 class DataConfig(_Section):
@@ -200,20 +205,20 @@ class DataConfig(_Section):
 class Config(_Section):
     """A whole run. Defaults are the seed's Iris experiment."""
 
-    name: str = Field("fedloom", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field("fedloom", pattern=r"^[A-Za-z0-9._-]+$", min_length=1, max_length=MAX_NAME)
     # --- the book's keys ---
     model_name: str = "fnn"
-    no_models: int = Field(10, ge=1, description="number of clients")
+    no_models: int = Field(10, ge=1, le=10_000_000, description="number of clients")
     type: str = Field("iris", description="dataset")
-    global_epochs: int = Field(30, ge=1, description="rounds")
-    local_epochs: int = Field(3, ge=1)
+    global_epochs: int = Field(30, ge=1, le=10_000_000, description="rounds")
+    local_epochs: int = Field(3, ge=1, le=1_000_000)
     k: int = Field(5, ge=1, description="clients sampled per round")
     batch_size: int = Field(10, ge=1)
     lr: float = Field(0.3, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     lambda_: float | None = Field(None, alias="lambda", gt=0, description="server step: G += lambda*sum(diff)")
     # --- fedloom's own ---
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     seeds: int = Field(
         1, ge=1, le=1000, description="experiments: run seeds seed, seed+1, …, seed+seeds−1 and report mean ± std"
     )
@@ -235,13 +240,22 @@ class Config(_Section):
     prop: float | None = Field(None, gt=0, le=1, description="book 15.5: keep-probability of the fixed mask")
     sweep: list[str] | None = Field(None, description="upload codecs compared by `experiment compression`")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    model_config = ConfigDict(**_STRICT, populate_by_name=True)
 
     @field_validator("hidden")
     @classmethod
     def _hidden_positive(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and (not v or any(h < 1 for h in v)):
             raise ValueError("must be a non-empty list of positive layer widths, e.g. [16] or [100, 50]")
+        if v is not None and (len(v) > MAX_LAYERS or max(v) > MAX_WIDTH):
+            raise ValueError(f"at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units each")
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("is empty; list upload codecs (e.g. [none, q8, topk:0.01]) or drop it for the default")
         return v
 
     @field_validator("type")
@@ -273,6 +287,10 @@ class Config(_Section):
             raise ValueError(f"runtime.min_clients ({self.runtime.min_clients}) must be ≤ k ({self.k})")
         if self.type == "csv" and self.data is None:
             raise ValueError("type: csv needs a data section: {path: FILE, label: COLUMN} or {clients: [...]}")
+        if self.type != "csv" and self.data is not None:
+            raise ValueError(f"the data section is for type: csv; type {self.type} is bundled: drop data or use csv")
+        if self.lambda_ is not None and self.aggregator != "mean":
+            raise ValueError(f"lambda is the mean's server step; aggregator {self.aggregator} ignores it: drop one")
         if self.rate is not None and self.prop is not None:
             raise ValueError("set only one of rate (book 15.3) and prop (book 15.5)")
         if (self.rate is not None or self.prop is not None) and self.compression.up != "none":
@@ -292,9 +310,9 @@ class Config(_Section):
                 raise ValueError(f"compression.error_feedback: {e}") from None
         self._check_secure()
         check_privacy(self)
-        for spec in self.sweep or []:
+        for i, spec in enumerate(self.sweep or []):
             try:
-                _check_codec(spec, allow_ef=True)
+                self.sweep[i] = _check_codec(spec, allow_ef=True)
             except ValueError as e:
                 raise ValueError(f"sweep: {e}") from None
         if self.data is not None and self.data.clients and len(self.data.clients) != self.no_models:
@@ -352,86 +370,33 @@ class Config(_Section):
         return self.model_dump(by_alias=True, mode="json")
 
 
-def _hint(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _model_for(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model that owns the field at ``loc`` (for did-you-mean hints)."""
-    model: type[BaseModel] | None = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if model else None
-        if field is None:
-            return None
-        ann = field.annotation
-        model = next(
-            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
-        )
-    return model
-
-
-def _one_line(err: ValidationError, source: str) -> str:
-    """The first validation problem as one line naming the field."""
-    e = err.errors()[0]
-    loc = tuple(e.get("loc", ()))
-    field = ".".join(str(p) for p in loc)
-    if e["type"] == "extra_forbidden":
-        owner = _model_for(loc)
-        names = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
-        return f"{source}: unknown key '{field}'{_hint(str(loc[-1]), names)}"
-    msg = e["msg"].removeprefix("Value error, ")
-    got = e.get("input")
-    shown = "" if isinstance(got, dict) or e["type"] in ("value_error", "missing") else f" (got {got!r})"
-    return f"{source}: field '{field}': {msg}{shown}" if field else f"{source}: {msg}"
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            raw = yaml.safe_load(text)
-        elif suffix == ".toml":
-            raw = tomllib.loads(text)
-        else:
-            raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: malformed TOML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return raw
-
-
 def _parse_value(text: str) -> Any:
     """``--set`` values: JSON when it parses (numbers, lists, true/null), else the plain string."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return text
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of ``raw`` with ``key=value`` overrides applied (dotted keys reach into sections)."""
-    out = json.loads(json.dumps(raw))
+    out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set k=3 or --set partition.alpha=0.3")
         node = out
         parts = key.strip().split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"--set {item!r}: empty part in the key '{key.strip()}'")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_value(value.strip())
+        parsed = _parse_value(value.strip())
+        check_values(parsed, f"--set {item}", key.strip())
+        node[parts[-1]] = parsed
     return out
 
 
@@ -439,34 +404,43 @@ def build_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_one_line(e, source)) from None
+        raise ConfigError(one_line(e, Config, source)) from None
+
+
+def _short_item(item: str, limit: int = 60) -> str:
+    return item if len(item) <= limit else item[: limit - 3] + "..."
+
+
+def _blame(err: ValidationError, raw: dict[str, Any], overrides: list[str], source: str) -> str:
+    """Name ``--set`` rather than the file when an override caused the problem."""
+    loc = ".".join(str(p) for p in err.errors()[0].get("loc", ()))
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if loc and (loc == key or loc.startswith(key + ".") or key.startswith(loc + ".")):
+            return one_line(err, Config, f"--set {_short_item(item)}")
+    if not loc:  # a rule across fields: the overrides are to blame if the file alone passes
+        try:
+            Config.model_validate(raw)
+        except ValidationError:
+            return one_line(err, Config, source)
+        return one_line(err, Config, f"{source} with --set {' --set '.join(map(_short_item, overrides))}")
+    return one_line(err, Config, source)
 
 
 def load_config(path: str | Path | dict | Config | None, overrides: list[str] | None = None) -> Config:
     """Read a JSON/YAML/TOML config (or the defaults when ``path`` is None) and apply overrides.
 
-    ``path`` may also be a dict of config keys or a Config (notebooks build configs in code)."""
-    if isinstance(path, (dict, Config)):
+    Relative paths in the file are relative to the file's folder; those given with ``--set`` to the
+    current folder (where the command was typed)."""
+    if isinstance(path, (dict, Config)):  # notebooks build configs in code
         raw = path.to_dict() if isinstance(path, Config) else path
-        return build_config(apply_overrides(raw, overrides or []))
-    raw = _read_file(Path(path)) if path is not None else {}
+        check_values(raw, "config")
+        path = None
+    else:
+        raw = read_config_file(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "config"
-    cfg = build_config(apply_overrides(raw, overrides or []), source)
-    if cfg.data is not None and path is not None:
-        cfg = _resolve_data_paths(cfg, Path(path).parent)
-    return cfg
-
-
-def _resolve_data_paths(cfg: Config, base: Path) -> Config:
-    """Relative data paths are relative to the config file, as a user reading the file expects."""
-
-    def fix(p: str | None) -> str | None:
-        if p is None or Path(p).is_absolute() or Path(p).exists():
-            return p
-        return str(base / p)
-
-    d = cfg.data
-    data = d.model_copy(
-        update={"path": fix(d.path), "eval": fix(d.eval), "clients": [fix(c) for c in d.clients] if d.clients else None}
-    )
-    return cfg.model_copy(update={"data": data})
+    overrides = overrides or []
+    try:
+        return Config.model_validate(apply_overrides(raw, overrides))
+    except ValidationError as e:
+        raise ConfigError(_blame(e, raw, overrides, source) if overrides else one_line(e, Config, source)) from None

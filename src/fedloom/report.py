@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FedloomError
-from .runs import read_json
+from .runs import MARKER, load_run, read_json, write_text
 
 __all__ = ["render_run", "plot_curves", "plot_label_mix", "markdown_table", "new_figure", "save_figure"]
 __all__ += ["render_folder", "check_folder", "integer_ticks"]
@@ -27,7 +27,9 @@ def save_figure(fig, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # written whole, then renamed
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -181,12 +183,6 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def check_folder(path: str | Path) -> Path:
     """``path`` as a run or experiment folder, or a FedloomError naming the folder."""
     d = Path(path)
@@ -194,7 +190,9 @@ def check_folder(path: str | Path) -> Path:
         raise FedloomError(f"{d}: no such folder")
     if not d.is_dir():
         raise FedloomError(f"{d}: not a folder (give a run or experiment folder)")
-    if not (d / "summary.json").is_file():
+    if (d / MARKER).exists() or not (d / "summary.json").is_file():
+        if (d / MARKER).exists() or (d / "metrics.jsonl").is_file():
+            load_run(d)  # says why: an incomplete or interrupted run
         raise FedloomError(f"{d}: not a fedloom run or experiment folder (it has no summary.json)")
     return d
 
@@ -222,14 +220,16 @@ def render_folder(path: str | Path) -> list[Path]:
 def render_run(run_dir: str | Path) -> list[Path]:
     """(Re)write the figures and report.md of a ``fedloom run`` directory; returns the figure paths."""
     d = Path(run_dir)
-    summary, cfg = read_json(d / "summary.json"), read_json(d / "config.json")
-    rows = _read_rows(d / "metrics.jsonl")
-    part = read_json(d / "partition.json") if (d / "partition.json").is_file() else None
+    summary, cfg, rows = load_run(d)  # refuses an incomplete, mixed or malformed folder
+    part_path = d / "partition.json"
+    part = read_json(part_path) if part_path.is_file() else None
+    if part is not None and not (isinstance(part.get("label_counts"), list) and isinstance(part.get("classes"), list)):
+        raise FedloomError(f"{part_path}: expected 'classes' and 'label_counts' lists")
     num_classes = summary.get("num_classes") or (len(part["classes"]) if part else None)
     chance = 1 / num_classes if num_classes else None
     figs = [plot_curves({cfg["name"]: rows}, d / "figures" / "accuracy.png", cfg["name"], chance=chance)]
     if part is not None:
-        title = f"label mix per client ({cfg['partition']['method']})"
+        title = f"label mix per client ({(cfg.get('partition') or {}).get('method', '?')})"
         if (cfg.get("data") or {}).get("clients"):
             title = "label mix per client (one file each)"
         elif cfg.get("type") == "synthetic":
@@ -239,7 +239,7 @@ def render_run(run_dir: str | Path) -> list[Path]:
         f"# fedloom run: {cfg['name']}",
         "",
         f"{cfg['type']} · {cfg['model_name']} · {cfg['no_models']} clients, k={cfg['k']} per round, "
-        f"{cfg['global_epochs']} rounds × {cfg['local_epochs']} local epochs · seed {cfg['seed']}",
+        f"{cfg['global_epochs']} rounds × {cfg.get('local_epochs')} local epochs · seed {cfg.get('seed')}",
         "",
         *_notes_lines(summary, rows, num_classes, cfg),
         markdown_table(_metric_rows(summary)),
@@ -254,7 +254,7 @@ def render_run(run_dir: str | Path) -> list[Path]:
     health = summary.get("health")
     if health:
         lines += ["## Client health", "", markdown_table([{"client": c, **h} for c, h in health.items()])]
-    (d / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    write_text(d / "report.md", "\n".join(lines))
     return figs
 
 

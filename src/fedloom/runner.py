@@ -36,8 +36,9 @@ class RunOutput:
 class _Hooks:
     """Per-round side effects: metrics file, checkpoint, TensorBoard, progress."""
 
-    def __init__(self, cfg: Config, out: Path | None, progress, label: str):
+    def __init__(self, cfg: Config, out: Path | None, progress, label: str, prepared=None):
         self.cfg, self.out, self.progress = cfg, out, progress
+        self.prepared = prepared  # runs.RunDir checked by prepare_run_dir, not yet created
         self.run_dir = None
         self.tb = None
         self.task = progress.task(label, cfg.global_epochs) if progress is not None else None
@@ -45,11 +46,9 @@ class _Hooks:
     def open(self, resumed_rows: list[dict] | None = None) -> None:
         """Create the run folder (and the TensorBoard writer) once everything has been checked; a resumed run
         keeps its folder, with the metrics of the rounds before its checkpoint."""
-        if self.out is None or self.run_dir is not None:
+        if self.prepared is None or self.run_dir is not None:
             return
-        from .runs import RunDir
-
-        self.run_dir = RunDir(self.out, self.cfg.to_dict(), resumed_rows is None)
+        self.run_dir = self.prepared.create()  # RUNNING until summary.json is written
         if resumed_rows is not None:
             self.run_dir.rewrite_metrics(resumed_rows)  # rows after the checkpoint are run again
         if self.cfg.runtime.tensorboard:
@@ -83,23 +82,38 @@ def _check_outputs(cfg: Config, out: Path | None) -> None:
 
 
 def execute(
-    cfg: Config, out: str | Path | None = None, progress=None, t0: float | None = None, resume: bool = False
+    cfg: Config,
+    out: str | Path | None = None,
+    progress=None,
+    t0: float | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> RunOutput:
     """Run ``cfg``; write the run folder ``out`` unless it is None (``resume``: continue the run in ``out`` from
-    its last checkpoint). ``progress``: see fedloom.console.Progress."""
+    its last checkpoint; ``overwrite``: replace the fedloom run in ``out``, never files fedloom did not write).
+    ``progress``: see fedloom.console.Progress."""
+    from .runs import prepare_run_dir
+
     t0 = time.perf_counter() if t0 is None else t0
     out = Path(out) if out is not None else None
     _check_outputs(cfg, out)
     if resume and out is None:
         raise FedloomError("--resume needs --out DIR: the folder of the run to continue")
+    if resume and cfg.secure.protocol == "encrypted-model":
+        raise FedloomError("--resume: the book's 15.4 encrypted-model run cannot be continued; use --overwrite")
+    prepared = prepare_run_dir(out, cfg.to_dict(), overwrite, resume) if out is not None else None  # writes nothing
     if cfg.secure.protocol == "encrypted-model":
-        if resume:
-            raise FedloomError("--resume: the book's 15.4 encrypted-model run cannot be continued")
-        hooks = _Hooks(cfg, out, progress, f"{cfg.name}: encrypted rounds")  # folder made at the first row
-        result = _encrypted_model(cfg, hooks)
+        hooks = _Hooks(cfg, out, progress, f"{cfg.name}: encrypted rounds", prepared)  # folder made at the first row
+        run = lambda: _encrypted_model(cfg, hooks)  # noqa: E731
     else:
-        hooks = _Hooks(cfg, out, progress, f"{cfg.name}: rounds")
-        result = _federation(cfg, hooks, t0, resume)
+        hooks = _Hooks(cfg, out, progress, f"{cfg.name}: rounds", prepared)
+        run = lambda: _federation(cfg, hooks, t0, resume)  # noqa: E731
+    try:
+        result = run()
+    except FedloomError:
+        if hooks.run_dir is not None:
+            hooks.run_dir.abandon()  # an error before the first round leaves no folder behind
+        raise
     result.summary["wall_seconds"] = time.perf_counter() - t0
     if hooks.run_dir is not None:
         result.path = hooks.run_dir.path

@@ -29,6 +29,7 @@ from .config import Config
 from .data import FedData, load_data
 from .device import resolve_device
 from .engines import make_engine
+from .guards import check_memory_limit, divergence, warn
 from .models import build_model
 from .params import Layout, flatten
 from .privacy.mechanism import privatize_update
@@ -236,7 +237,8 @@ def run_federation(
     """Run rounds ``start_round..global_epochs``; ``on_round`` sees each metrics row as it is made.
     ``rows``: the rows of rounds before ``start_round`` (a resumed run), counted in the summary."""
     wall_start = time.perf_counter() if wall_start is None else wall_start
-    rows = list(rows or [])
+    check_memory_limit(fed.clients, fed.num_params, fed.spec, fed.cfg.runtime.client_memory_mb)
+    rows, diverged_at = list(rows or []), None
     for r in range(start_round, fed.cfg.global_epochs + 1):
         if fed.round.privacy is not None and not fed.round.privacy.may_run(r):
             break  # privacy.max_epsilon: this round could pass it
@@ -244,7 +246,11 @@ def run_federation(
         rows.append(row)
         if on_round is not None:
             on_round(row)
-    summary = summarize(fed, rows, time.perf_counter() - wall_start)
+        if why := divergence(fed.server.global_vec, row):  # stop: every later round would be NaN
+            diverged_at = r
+            warn(f"the run diverged at round {r} ({why}); stopped there, rounds so far are kept (lower lr?)")
+            break
+    summary = summarize(fed, rows, time.perf_counter() - wall_start) | {"diverged_at_round": diverged_at}
     return RunResult(rows, summary, fed.server.global_vec.clone(), fed.server.health_table())
 
 

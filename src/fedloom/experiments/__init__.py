@@ -19,8 +19,10 @@ EXPERIMENTS = ("fl-vs-central", "fl-vs-local", "compression", "he", "privacy")
 def run_experiment(name: str, cfg: Config, out: Path, progress=None, overwrite: bool = False) -> dict:
     """Run experiment ``name``; ``out`` is checked (and created) before anything trains.
 
-    A folder holding files is refused unless ``overwrite``. If the experiment fails or is interrupted, the
-    folders it created are removed again while still empty, and ``summary.json`` (written last) is absent.
+    A folder holding files is refused unless it holds a fedloom run or experiment and ``overwrite`` is given
+    (files fedloom did not write are never touched). If the experiment fails or is interrupted, the folders it
+    created are removed again while still empty; otherwise the folder keeps its ``RUNNING`` marker and
+    ``summary.json`` (written last) is absent.
     """
     if name == "fl-vs-central":
         from .fl_vs_central import run
@@ -34,10 +36,20 @@ def run_experiment(name: str, cfg: Config, out: Path, progress=None, overwrite: 
         from .privacy import run
     else:  # the CLI's argparse choices make this unreachable from the command line
         raise ValueError(f"unknown experiment {name!r}")
-    from .common import claim_out, release_out
+    from ..runs import prepare_run_dir
+    from .common import release_out
 
-    created = claim_out(Path(out), overwrite)
+    out = Path(out)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    # the folder rules of every run: new or empty, or (with overwrite) a fedloom folder whose files are replaced;
+    # never a folder holding files fedloom did not write. RUNNING marks it incomplete until the run ends.
+    run_dir = prepare_run_dir(out, cfg.to_dict(), overwrite, False, "experiment")
+    run_dir.create(write_config=False, reset_metrics=False)
     try:
-        return run(cfg, Path(out), progress)
-    finally:
+        result = run(cfg, out, progress)
+    except BaseException:
+        run_dir.abandon()
         release_out(created)
+        raise
+    run_dir.done()
+    return result

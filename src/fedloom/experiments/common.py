@@ -125,6 +125,8 @@ def claim_out(out: Path, overwrite: bool = False) -> list[Path]:
 def release_out(created: list[Path]) -> None:
     """Remove the folders :func:`claim_out` created when the experiment wrote nothing into them."""
     for p in created:  # innermost first
+        if not p.exists():
+            continue
         try:
             p.rmdir()  # only succeeds while empty
         except OSError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CONFIG_WORDS, ConfigError, user_words
 from .base import ClientCipher, Decrypted, KeyHolder, ServerCipher
 
 __all__ = ["KeyHolder", "ClientCipher", "ServerCipher", "Decrypted", "make_keyholder", "make_server_cipher"]
@@ -29,7 +29,9 @@ def make_keyholder(sec, max_summands: int) -> KeyHolder:
                 pk = load_public_key(d / PUBLIC_FILE, allow_weak_keys=sec.allow_weak_keys)
                 keys = (pk, load_secret_key(d / SECRET_FILE, allow_weak_keys=sec.allow_weak_keys))
             except (OSError, ValueError) as e:
-                raise ConfigError(f"secure.key_dir {d}: {e}") from None
+                raise ConfigError(user_words(f"secure.key_dir {d}: {e}", CONFIG_WORDS)) from None
+            if keys[1].public_key != pk:  # two files from different `fedloom keygen` runs
+                raise ConfigError(f"secure.key_dir {d}: {PUBLIC_FILE} and {SECRET_FILE} belong to different key pairs")
         return PaillierKeyHolder(
             sec.key_bits,
             packed=sec.method == "paillier",
