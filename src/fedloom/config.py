@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .aggregator_spec import AggregatorConfig, config_problem, parse_aggregator
 from .errors import ConfigError
 
 try:  # Python 3.11+
@@ -212,8 +213,10 @@ class Config(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     secure: SecureConfig = Field(default_factory=SecureConfig)
-    aggregator: Literal["mean", "median"] = Field(
-        "mean", description="mean: the book's lambda rule if lambda is set, else FedAvg; median: coordinate-wise"
+    aggregator: AggregatorConfig = Field(
+        default_factory=AggregatorConfig,
+        description="NAME or {name, f | beta | m | max_norm | ...}: mean (the book's lambda rule if lambda is set, "
+        "else FedAvg), median, trimmed_mean, krum, multikrum, bulyan, geomed, norm_clip (see aggregator_spec.py)",
     )
     # the book's ch.15 keys: 15.3 uploads the top `rate` of layers, 15.5 a fixed random `prop` mask
     rate: float | None = Field(None, gt=0, le=1, description="book 15.3: share of layers uploaded")
@@ -229,6 +232,11 @@ class Config(_Section):
         if v is not None and (not v or any(h < 1 for h in v)):
             raise ValueError("must be a non-empty list of positive layer widths, e.g. [16] or [100, 50]")
         return v
+
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _aggregator(cls, v: Any) -> Any:
+        return parse_aggregator(v)
 
     @field_validator("type")
     @classmethod
@@ -276,6 +284,9 @@ class Config(_Section):
                 _check_codec(split_ef(self.upload_codec)[0] + "+ef", allow_ef=True)
             except ValueError as e:
                 raise ValueError(f"compression.error_feedback: {e}") from None
+        problem = config_problem(self.aggregator, self.k, self.upload_codec)
+        if problem:
+            raise ValueError(f"aggregator: {problem}")
         self._check_secure()
         for spec in self.sweep or []:
             try:
@@ -292,9 +303,10 @@ class Config(_Section):
             if sec.protocol == "encrypted-model":
                 raise ValueError("secure.protocol encrypted-model needs secure.method: paillier")
             return
-        if self.aggregator != "mean":
+        if self.aggregator.name != "mean":
             raise ValueError(
-                f"aggregator '{self.aggregator}' is not linear: secure aggregation can only add updates; use mean"
+                f"aggregator '{self.aggregator.name}' is not linear: secure aggregation can only add updates "
+                "(robust rules need each update in the clear); use mean"
             )
         if self.upload_codec != "none":
             raise ValueError(
