@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .aggregator_spec import AggregatorConfig, config_problem, parse_aggregator
+from .attack_spec import AttackConfig
 from .errors import ConfigError
 
 try:  # Python 3.11+
@@ -218,6 +219,7 @@ class Config(_Section):
         description="NAME or {name, f | beta | m | max_norm | ...}: mean (the book's lambda rule if lambda is set, "
         "else FedAvg), median, trimmed_mean, krum, multikrum, bulyan, geomed, norm_clip (see aggregator_spec.py)",
     )
+    attack: AttackConfig | None = Field(None, description="simulated attackers (simulation only; fedloom.attacks)")
     # the book's ch.15 keys: 15.3 uploads the top `rate` of layers, 15.5 a fixed random `prop` mask
     rate: float | None = Field(None, gt=0, le=1, description="book 15.3: share of layers uploaded")
     feature_num: int | None = Field(None, ge=1, description="book 15.4: number of features (checked against the data)")
@@ -287,6 +289,8 @@ class Config(_Section):
         problem = config_problem(self.aggregator, self.k, self.upload_codec)
         if problem:
             raise ValueError(f"aggregator: {problem}")
+        if self.attack is not None and self.attack.check(self.no_models):
+            raise ValueError(self.attack.check(self.no_models))
         self._check_secure()
         for spec in self.sweep or []:
             try:

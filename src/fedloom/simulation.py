@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .aggregators import make_aggregator
+from .attacks import Attack, make_attack
 from .channel import BROADCAST_ID, Channel
 from .client import Client
 from .codecs import CodecContext
@@ -87,6 +88,10 @@ class LocalCohort:
         if not alive:
             return Replies([], failed, len(clients))
         res = fed.engine.train(fed.model, received, fed.data, alive, fed.spec, cfg.seed, rnd)
+        if fed.attack is not None:  # simulated attackers replace their updates here, before the upload (attacks/)
+            res = fed.attack.apply(
+                rnd, res, lambda d, cl: fed.engine.train(fed.model, received, d, cl, fed.spec, cfg.seed, rnd)
+            )
         if fed.secure is None:
             payloads = fed.channel.up(res.diffs, alive, rnd)  # each client's codec (and error feedback)
             answers = [
@@ -139,6 +144,7 @@ class Federation:
     secure: object | None = None  # the clients' side of secure aggregation: key holder and cipher
     round: Round | None = None
     cohort: LocalCohort | None = None
+    attack: Attack | None = None  # simulated attackers (fedloom.attacks)
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
@@ -181,6 +187,9 @@ class Federation:
         fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
         fed.cohort = LocalCohort(fed)
         fed.round = Round(cfg, server, channel, fed.cohort, server_secure)
+        fed.attack = make_attack(cfg, data, server)
+        if fed.attack is not None:
+            fed.round.extras.append(fed.attack.row)
         return fed
 
     @property
