@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["AttackConfig", "ATTACKS", "ATTACK_PARAMS"]
+__all__ = ["AttackConfig", "RobustnessConfig", "ATTACKS", "ATTACK_PARAMS"]
 
 ATTACKS = ("label_flip", "sign_flip", "gaussian", "alie", "ipm", "backdoor")
 # attack -> its own parameters (the others are refused when set away from their default)
@@ -63,3 +63,30 @@ class AttackConfig(BaseModel):
         if self.clients is not None and len(set(self.clients)) != len(self.clients):
             return "attack.clients: a client is listed twice"
         return None
+
+
+class RobustnessConfig(BaseModel):
+    """``robustness``: the grid of ``fedloom experiment robustness`` (aggregators × attacks × fractions).
+
+    Entries are written as in the ``aggregator`` and ``attack`` sections (without ``fraction``/``clients``:
+    the experiment sets the fraction). Each run is validated as a user's config before anything trains.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    aggregators: list[str | dict] = Field(
+        default_factory=lambda: ["mean", "median", "trimmed_mean", "krum", "geomed", "norm_clip"], min_length=1
+    )
+    attacks: list[dict] | None = Field(
+        None, description="default: the config's attack section, else gaussian (std 10), sign_flip, alie, backdoor"
+    )
+    fractions: list[float] = Field(default_factory=lambda: [0.2], min_length=1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> RobustnessConfig:
+        if any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError("fractions must lie in (0, 1] (the clean run is always added)")
+        for a in self.attacks or []:
+            if "name" not in a or "fraction" in a or "clients" in a:
+                raise ValueError("each attack needs a name and no fraction/clients (fractions sets them)")
+        return self

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .aggregator_spec import AggregatorConfig, config_problem, parse_aggregator
-from .attack_spec import AttackConfig
+from .attack_spec import AttackConfig, RobustnessConfig
 from .errors import ConfigError
 
 try:  # Python 3.11+
@@ -220,6 +220,7 @@ class Config(_Section):
         "else FedAvg), median, trimmed_mean, krum, multikrum, bulyan, geomed, norm_clip (see aggregator_spec.py)",
     )
     attack: AttackConfig | None = Field(None, description="simulated attackers (simulation only; fedloom.attacks)")
+    robustness: RobustnessConfig | None = Field(None, description="the grid of `experiment robustness`")
     # the book's ch.15 keys: 15.3 uploads the top `rate` of layers, 15.5 a fixed random `prop` mask
     rate: float | None = Field(None, gt=0, le=1, description="book 15.3: share of layers uploaded")
     feature_num: int | None = Field(None, ge=1, description="book 15.4: number of features (checked against the data)")

@@ -13,7 +13,7 @@ from ..config import Config
 
 __all__ = ["run_experiment", "EXPERIMENTS"]
 
-EXPERIMENTS = ("fl-vs-central", "fl-vs-local", "compression", "he")
+EXPERIMENTS = ("fl-vs-central", "fl-vs-local", "compression", "he", "robustness")
 
 
 def run_experiment(name: str, cfg: Config, out: Path, progress=None, overwrite: bool = False) -> dict:
@@ -30,6 +30,8 @@ def run_experiment(name: str, cfg: Config, out: Path, progress=None, overwrite: 
         from .compression import run
     elif name == "he":
         from .he import run
+    elif name == "robustness":
+        from .robustness import run
     else:  # the CLI's argparse choices make this unreachable from the command line
         raise ValueError(f"unknown experiment {name!r}")
     from .common import claim_out, release_out
