@@ -156,3 +156,11 @@ def test_a_short_simulated_run_reports_attackers_and_backdoor_success():
     row = fed.run_round(1)
     assert row["attackers"] == 1 and row["clients"] == clean["clients"]  # answered like an honest client
     assert not torch.allclose(fed.server.global_vec, clean_fed.server.global_vec)
+
+
+def test_flower_runtime_refuses_simulated_attackers():
+    from fedloom.errors import FedloomError
+    from fedloom.flower import check_deployable
+
+    with pytest.raises(FedloomError, match="attack: the simulated attackers run in the simulation only"):
+        check_deployable(build_config({"attack": {"name": "gaussian", "fraction": 0.2}}))
