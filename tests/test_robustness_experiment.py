@@ -65,3 +65,8 @@ def test_robustness_refuses_before_training(tmp_path):
 def test_book_15_1_config_loads():
     cfg = load_config("configs/book_15_1.yaml")
     assert cfg.attack.name == "backdoor" and cfg.attack.gamma == cfg.k == cfg.no_models == 20
+
+
+def test_robustness_digits_config_loads():
+    aggs, settings = grid(load_config("configs/robustness_digits.yaml"))
+    assert aggs == ["mean", "trimmed_mean", "krum", "geomed"] and settings[1][:2] == ("gaussian", 0.2)
