@@ -129,6 +129,7 @@ def test_attack_config_refusals():
         ({"attack": {"name": "gaussian", "clients": [10]}}, "attack.clients: client 10 does not exist"),
         ({"attack": {"name": "sign_flip", "fraction": 0.2, "std": 1}}, "sign_flip takes scale; std is not"),
         ({"attack": {"name": "gausian", "fraction": 0.2}}, "attack.name"),
+        ({"attack": {"name": "backdoor", "fraction": 0.2, "trigger": [-1]}}, "trigger must be a non-empty list"),
         ({"attack": {"name": "ipm", "fraction": 0.2, "epsilom": 1}}, "did you mean 'epsilon'"),
     ]
     for raw, msg in cases:

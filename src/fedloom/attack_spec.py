@@ -50,6 +50,8 @@ class AttackConfig(BaseModel):
             raise ValueError("set one of fraction (a share of the clients) and clients (their ids)")
         if self.clients is not None and (not self.clients or min(self.clients) < 0):
             raise ValueError("clients must be a non-empty list of client ids ≥ 0")
+        if self.trigger is not None and (not self.trigger or min(self.trigger) < 0):
+            raise ValueError("trigger must be a non-empty list of feature indices ≥ 0")
         for key in _OWN:
             if getattr(self, key) is not None and key not in ATTACK_PARAMS[self.name]:
                 takes = ", ".join(ATTACK_PARAMS[self.name]) or "no parameters of its own"
