@@ -165,3 +165,12 @@ def test_flower_runtime_refuses_simulated_attackers():
 
     with pytest.raises(FedloomError, match="attack: the simulated attackers run in the simulation only"):
         check_deployable(build_config({"attack": {"name": "gaussian", "fraction": 0.2}}))
+
+
+def test_backdoor_trigger_and_label_checked_against_the_data():
+    from fedloom.simulation import Federation
+
+    for attack, msg in (({"trigger": [4]}, "trigger indices < 4 features"), ({"poison_label": 3}, "< 3 classes")):
+        cfg = build_config({"type": "iris", "attack": {"name": "backdoor", "clients": [0], **attack}})
+        with pytest.raises(ConfigError, match=msg):
+            Federation.build(cfg)
