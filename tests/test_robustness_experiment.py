@@ -16,9 +16,13 @@ def test_grid_defaults_and_the_configs_own_attack():
     aggs, settings = grid(build_config(SMALL))
     assert aggs == ["mean", "median", "trimmed_mean", "krum", "geomed", "norm_clip"]
     assert settings[0] == ("none", 0.0, None) and len(settings) == 1 + len(DEFAULT_ATTACKS)
-    cfg = build_config({**SMALL, "attack": {"name": "ipm", "clients": [1], "epsilon": 0.1}})
-    _, settings = grid(cfg)
-    assert settings[1] == ("ipm", 0.2, {"name": "ipm", "start_round": 1, "epsilon": 0.1, "fraction": 0.2})
+    own = {"name": "ipm", "clients": [1], "epsilon": 0.1}
+    _, settings = grid(build_config({**SMALL, "attack": own}))  # its own attackers: client 1 of 5
+    assert settings[1:] == [("ipm", 0.2, {**own, "start_round": 1})]
+    _, settings = grid(build_config({**SMALL, "attack": own, "robustness": {"fractions": [0.4, 0.6]}}))
+    assert settings[1:] == [
+        ("ipm", f, {"name": "ipm", "start_round": 1, "epsilon": 0.1, "fraction": f}) for f in (0.4, 0.6)
+    ]
 
 
 def test_robustness_runs_the_grid_over_seeds(tmp_path):

@@ -82,11 +82,13 @@ class RobustnessConfig(BaseModel):
     attacks: list[dict] | None = Field(
         None, description="default: the config's attack section, else gaussian (std 10), sign_flip, alie, backdoor"
     )
-    fractions: list[float] = Field(default_factory=lambda: [0.2], min_length=1)
+    fractions: list[float] | None = Field(
+        None, min_length=1, description="default [0.2]; with the config's own attack: its own clients or fraction"
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> RobustnessConfig:
-        if any(not 0 < f <= 1 for f in self.fractions):
+        if any(not 0 < f <= 1 for f in self.fractions or []):
             raise ValueError("fractions must lie in (0, 1] (the clean run is always added)")
         for a in self.attacks or []:
             if "name" not in a or "fraction" in a or "clients" in a:

@@ -41,17 +41,22 @@ def _label(agg: str | dict) -> str:
 
 
 def grid(cfg: Config) -> tuple[list, list[tuple[str, float, dict | None]]]:
-    """(aggregators, settings): settings are (attack name, fraction, attack section or None), clean first."""
+    """(aggregators, settings): settings are (attack name, fraction, attack section or None), clean first.
+
+    Without ``robustness.attacks`` the config's own ``attack`` is used, with its own ``clients`` or
+    ``fraction`` unless ``robustness.fractions`` is given; without either, :data:`DEFAULT_ATTACKS`."""
     rb = cfg.robustness or RobustnessConfig()
-    if rb.attacks is not None:
-        attacks = rb.attacks
-    elif cfg.attack is not None:
+    fractions = rb.fractions or [0.2]
+    settings: list[tuple[str, float, dict | None]] = [(CLEAN, 0.0, None)]
+    if rb.attacks is None and cfg.attack is not None:
         own = cfg.attack.model_dump(exclude_none=True)
+        if rb.fractions is None:  # the config's own attackers, as `fedloom run` would attack
+            share = own["fraction"] if "fraction" in own else len(own["clients"]) / cfg.no_models
+            return list(rb.aggregators), settings + [(own["name"], share, own)]
         attacks = [{k: v for k, v in own.items() if k not in ("fraction", "clients")}]
     else:
-        attacks = [dict(a) for a in DEFAULT_ATTACKS]
-    settings = [(CLEAN, 0.0, None)]
-    settings += [(a["name"], f, {**a, "fraction": f}) for a in attacks for f in rb.fractions]
+        attacks = rb.attacks if rb.attacks is not None else [dict(a) for a in DEFAULT_ATTACKS]
+    settings += [(a["name"], f, {**a, "fraction": f}) for a in attacks for f in fractions]
     return list(rb.aggregators), settings
 
 
