@@ -143,7 +143,7 @@ def _heatmap(rows: list[dict], aggs: list[str], key: str, path: Path, cfg: Confi
         v = r.get(f"{key}_mean")
         if v is not None:
             grid_[aggs.index(r["aggregator"]), cols.index((r["attack"], r["fraction"]))] = v
-    fig, ax = new_figure(figsize=(1.6 + 1.3 * len(cols), 1.2 + 0.5 * len(aggs)))
+    fig, ax = new_figure(figsize=(max(6.0, 1.6 + 1.3 * len(cols)), 1.6 + 0.5 * len(aggs)))
     im = ax.imshow(grid_, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i in range(len(aggs)):
         for j in range(len(cols)):
@@ -154,7 +154,7 @@ def _heatmap(rows: list[dict], aggs: list[str], key: str, path: Path, cfg: Confi
     ax.set_yticks(range(len(aggs)), aggs)
     what = "main-task accuracy" if key == "accuracy" else "backdoor accuracy"
     over = f"mean of {seeds} seeds" if seeds > 1 else "1 seed"
-    ax.set_title(f"{what} ({cfg.type}, {cfg.global_epochs} rounds, {over})")
+    ax.set_title(f"{what}\n({cfg.type}, {cfg.global_epochs} rounds, {over})", fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     save_figure(fig, path)
