@@ -200,3 +200,10 @@ def test_config_forms_and_refusals():
             build_config(raw)
         assert msg in str(e.value), str(e.value)
     build_config({"rate": 0.5, "aggregator": "trimmed_mean"})  # partial updates: handled
+
+
+def test_the_section_compares_and_prints_as_its_rule_name():
+    cfg = build_config({"aggregator": {"name": "krum", "f": 1}})
+    assert cfg.aggregator == "krum" and cfg.aggregator != "mean" and f"{cfg.aggregator}" == "krum"
+    assert build_config({}).aggregator == "mean" and not build_config({}).aggregator != "mean"
+    assert cfg.aggregator != build_config({"aggregator": "krum"}).aggregator  # sections compare field by field

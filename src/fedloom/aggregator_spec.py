@@ -55,6 +55,18 @@ class AggregatorConfig(BaseModel):
     tol: float = Field(1e-6, gt=0, description="geomed: stop when the objective improves by less than tol (rel.)")
     max_iter: int = Field(100, ge=1, description="geomed: most Weiszfeld iterations")
 
+    # The section compares equal to its rule's name and prints as it, so code written for the plain
+    # ``aggregator: NAME`` field (``cfg.aggregator != "mean"``, ``f"{cfg.aggregator}"``) keeps working.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.name == other
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every config section
+
+    def __str__(self) -> str:
+        return self.name
+
     @model_validator(mode="after")
     def _params_fit_rule(self) -> AggregatorConfig:
         if self.name not in RULES:
