@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .aggregator_spec import AggregatorConfig, config_problem, parse_aggregator
+from .attack_spec import AttackConfig, RobustnessConfig
 from .config_files import check_values, one_line, read_config_file
 from .config_files import hint as _hint
 from .errors import ConfigError
@@ -231,9 +233,13 @@ class Config(_Section):
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     secure: SecureConfig = Field(default_factory=SecureConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    aggregator: Literal["mean", "median"] = Field(
-        "mean", description="mean: the book's lambda rule if lambda is set, else FedAvg; median: coordinate-wise"
+    aggregator: AggregatorConfig = Field(
+        default_factory=AggregatorConfig,
+        description="NAME or {name, f | beta | m | max_norm | ...}: mean (the book's lambda rule if lambda is set, "
+        "else FedAvg), median, trimmed_mean, krum, multikrum, bulyan, geomed, norm_clip (see aggregator_spec.py)",
     )
+    attack: AttackConfig | None = Field(None, description="simulated attackers (simulation only; fedloom.attacks)")
+    robustness: RobustnessConfig | None = Field(None, description="the grid of `experiment robustness`")
     # the book's ch.15 keys: 15.3 uploads the top `rate` of layers, 15.5 a fixed random `prop` mask
     rate: float | None = Field(None, gt=0, le=1, description="book 15.3: share of layers uploaded")
     feature_num: int | None = Field(None, ge=1, description="book 15.4: number of features (checked against the data)")
@@ -257,6 +263,11 @@ class Config(_Section):
         if v is not None and not v:
             raise ValueError("is empty; list upload codecs (e.g. [none, q8, topk:0.01]) or drop it for the default")
         return v
+
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _aggregator(cls, v: Any) -> Any:
+        return parse_aggregator(v)
 
     @field_validator("type")
     @classmethod
@@ -308,6 +319,11 @@ class Config(_Section):
                 _check_codec(split_ef(self.upload_codec)[0] + "+ef", allow_ef=True)
             except ValueError as e:
                 raise ValueError(f"compression.error_feedback: {e}") from None
+        problem = config_problem(self.aggregator, self.k, self.upload_codec)
+        if problem:
+            raise ValueError(f"aggregator: {problem}")
+        if self.attack is not None and self.attack.check(self.no_models):
+            raise ValueError(self.attack.check(self.no_models))
         self._check_secure()
         check_privacy(self)
         for i, spec in enumerate(self.sweep or []):
@@ -328,9 +344,10 @@ class Config(_Section):
         bad = [c for c in sec.key_holders if not 0 <= c < self.no_models]
         if bad:
             raise ValueError(f"secure.key_holders {bad}: client ids are 0..{self.no_models - 1}")
-        if self.aggregator != "mean":
+        if self.aggregator.name != "mean":
             raise ValueError(
-                f"aggregator '{self.aggregator}' is not linear: secure aggregation can only add updates; use mean"
+                f"aggregator '{self.aggregator.name}' is not linear: secure aggregation can only add updates "
+                "(robust rules need each update in the clear); use mean"
             )
         if self.upload_codec != "none":
             raise ValueError(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .aggregators import make_aggregator
+from .attacks import Attack, make_attack
 from .channel import BROADCAST_ID, Channel
 from .client import Client
 from .codecs import CodecContext
@@ -95,6 +96,10 @@ class LocalCohort:
         if cfg.privacy.enabled:  # DP-FedAvg's client side, before the upload codec (privacy/mechanism.py)
             rows = [privatize_update(cfg.privacy, d, cfg.seed, rnd, c) for c, d in zip(alive, res.diffs)]
             res.diffs = torch.stack(rows)
+        if fed.attack is not None:  # simulated attackers replace their updates here, before the upload (attacks/)
+            res = fed.attack.apply(
+                rnd, res, lambda d, cl: fed.engine.train(fed.model, received, d, cl, fed.spec, cfg.seed, rnd)
+            )
         if fed.secure is None:
             payloads = fed.channel.up(res.diffs, alive, rnd)  # each client's codec (and error feedback)
             answers = [
@@ -147,6 +152,7 @@ class Federation:
     secure: object | None = None  # the clients' side of secure aggregation: key holder and cipher
     round: Round | None = None
     cohort: LocalCohort | None = None
+    attack: Attack | None = None  # simulated attackers (fedloom.attacks)
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
@@ -191,6 +197,9 @@ class Federation:
         fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
         fed.cohort = LocalCohort(fed)
         fed.round = Round(cfg, server, channel, fed.cohort, server_secure)
+        fed.attack = make_attack(cfg, data, server)
+        if fed.attack is not None:
+            fed.round.extras.append(fed.attack.row)
         return fed
 
     @property

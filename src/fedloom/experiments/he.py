@@ -37,8 +37,8 @@ def _check(cfg: Config) -> None:
             f"{key} sets the upload codec '{cfg.upload_codec}', but secure aggregation adds uncompressed updates "
             f"(a codec would change only the plaintext row); remove {key}",
         )
-    if cfg.aggregator != "mean":
-        refuse("he", f"aggregator '{cfg.aggregator}' is not linear: secure aggregation can only add; use mean")
+    if cfg.aggregator.name != "mean":
+        refuse("he", f"aggregator '{cfg.aggregator.name}' is not linear: secure aggregation can only add; use mean")
     if cfg.secure.protocol != "secagg":
         refuse(
             "he",

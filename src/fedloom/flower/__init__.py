@@ -46,5 +46,7 @@ def check_deployable(cfg: Config) -> None:
     reason = deploy_refusal(cfg)
     if cfg.runtime.bn == "fedbn":
         reason = "runtime.bn: fedbn runs in the simulation only; a deployed client does not keep local BatchNorm yet"
+    if cfg.attack is not None:
+        reason = "attack: the simulated attackers run in the simulation only (fedloom run); remove the attack section"
     if reason:
         raise FedloomError(reason)
