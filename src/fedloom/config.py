@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .aggregator_spec import AggregatorConfig, config_problem, parse_aggregator
 from .attack_spec import AttackConfig, RobustnessConfig
@@ -37,171 +37,22 @@ TORCHVISION_MODELS = (
 )  # fmt: skip
 
 
-# strict: no silent coercion (true is not 1, "3" is not 3); no Infinity/NaN anywhere
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True, allow_inf_nan=False)
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding and many tools take 32-bit seeds
 MAX_WIDTH, MAX_LAYERS = 65_536, 64  # hidden: beyond these a model does not fit any machine fedloom targets
 MAX_NAME = 100  # the name becomes part of a folder name
-MAX_SYNTHETIC_VALUES = 2**29  # rows × features of the synthetic set: 2 GB of float32
 
 
-class _Section(BaseModel):
-    model_config = _STRICT
-
-
-class PartitionConfig(_Section):
-    """How the training set is split among clients (see :mod:`fedloom.data.partition`)."""
-
-    method: Literal["iid", "contiguous", "dirichlet", "shards", "quantity"] = "iid"
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity)")
-    shards_per_client: int = Field(2, ge=1, description="label-sorted shards per client (shards)")
-    min_size: int = Field(1, ge=0, description="smallest client shard the dirichlet/quantity draw accepts")
-
-
-class RuntimeConfig(_Section):
-    """How the federation is executed (simulation today)."""
-
-    engine: Literal["auto", "vectorized", "sequential"] = Field(
-        "auto", description="auto: vectorized when the model allows it, else sequential"
-    )
-    chunk: int | None = Field(
-        None, ge=1, description="clients the vectorized engine trains together (default: sized from free memory)"
-    )
-    threads: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
-        "auto", description="torch intra-op threads; auto: measured on the run's kernels (fedloom.threads)"
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where the vectorized engine and evaluation run; auto: cuda when present (fedloom.device)"
-    )
-    dropout: float = Field(0.0, ge=0, lt=1, description="probability a sampled client fails this round")
-    min_clients: int = Field(1, ge=1, description="fewest answers with which a round still counts")
-    round_timeout: float | None = Field(
-        None, gt=0, description="seconds a deployed round waits for answers before going on with the survivors"
-    )
-    client_memory_mb: float | None = Field(
-        None, gt=0, description="memory each simulated client may use; a client needing more refuses"
-    )
-    checkpoint: bool = True
-    max_client_samples: int = Field(
-        10_000_000, ge=1, description="the most rows a client may declare (a deployed client declaring more is refused)"
-    )
-    max_update_norm: float = Field(
-        1e4, gt=0, allow_inf_nan=False, description="an update whose L2 norm is larger fails its client's round"
-    )
-    sampling: Literal["fixed", "poisson"] = Field(
-        "fixed", description="fixed: k of no_models without replacement; poisson: each joins w.p. k/no_models"
-    )
-    bn: Literal["fedavg", "fedbn"] = Field(
-        "fedavg", description="BatchNorm state: fedavg averages it with the parameters; fedbn keeps it per client"
-    )
-    tensorboard: bool = Field(False, description="log metrics, figures and config under the run folder's tb/")
-
-
-def _check_codec(spec: str, allow_ef: bool) -> str:
-    from .channel import split_ef  # late: codecs import config's errors module only
-    from .codecs import check_error_feedback, parse_codec
-
-    body, ef = split_ef(spec)
-    if ef and not allow_ef:
-        raise ValueError("error feedback (+ef) applies to the upload only")
-    try:
-        codec = parse_codec(body.lower())
-        if ef:
-            check_error_feedback(codec)  # randk/mask with +ef would diverge
-    except ConfigError as e:
-        raise ValueError(str(e)) from None
-    return spec.strip().lower()  # codec names are case-insensitive: Q8 is q8
-
-
-class CompressionConfig(_Section):
-    """Update compression (see :mod:`fedloom.codecs`): a codec spec per direction, e.g. ``topk:0.01+q8``."""
-
-    up: str = Field("none", description="upload codec; a trailing +ef adds error feedback")
-    down: str = Field("none", description="download codec (the global model)")
-    error_feedback: bool = False
-
-    @field_validator("up")
-    @classmethod
-    def _up(cls, v: str) -> str:
-        return _check_codec(v, allow_ef=True)
-
-    @field_validator("down")
-    @classmethod
-    def _down(cls, v: str) -> str:
-        return _check_codec(v, allow_ef=False)
-
-
-class SecureConfig(_Section):
-    """Homomorphic encryption (see :mod:`fedloom.secure`)."""
-
-    method: Literal["none", "paillier", "paillier-per-value", "ckks"] = "none"
-    protocol: Literal["secagg", "encrypted-model"] = Field(
-        "secagg", description="secagg: the server holds no key; encrypted-model: the book's 15.4"
-    )
-    key_bits: int = Field(2048, ge=256, le=16384, description="Paillier modulus bits")
-    allow_weak_keys: bool = Field(False, description="permit key_bits < 2048 (to reproduce the book's 1024)")
-    bits: int = Field(16, ge=1, le=32, description="packed Paillier: quantization bits per value")
-    clip: float = Field(0.5, gt=0, le=1e6, description="packed Paillier: values are clipped to ±clip")
-    key_dir: str | None = Field(None, description="load the key pair written by `fedloom keygen DIR`")
-    workers: int = Field(1, ge=1, le=1024, description="processes the key holder decrypts with")
-    weight_ref: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="w_ref: clients encrypt (w_i/w_ref)·diff_i; default: the average client's weight (simulation), "
-        "1 with the book's lambda rule; over Flower with FedAvg it must be set (about the average client's rows)",
-    )
-    min_summands: int = Field(
-        2, ge=1, description="fewest client updates an aggregate must hold before the key holder decrypts it"
-    )
-    key_holders: list[int] = Field(
-        [0], min_length=1, description="over Flower: the client ids the server may ask to decrypt (not self-declared)"
-    )
-
-    @model_validator(mode="after")
-    def _strength(self) -> SecureConfig:
-        if self.key_bits < 2048 and not self.allow_weak_keys:
-            raise ValueError(
-                f"secure.key_bits {self.key_bits} is below 2048 (about 112-bit security); "
-                "set secure.allow_weak_keys: true to reproduce the book's 1024-bit setting"
-            )
-        return self
-
-
-class SyntheticConfig(_Section):
-    """``type: synthetic``: the LEAF / FedProx Synthetic(alpha, beta) generator (see data/synthetic.py)."""
-
-    num_samples: int = Field(20_000, ge=2, description="rows over all clients (train + eval)")
-    dim: int = Field(60, ge=1)
-    classes: int = Field(10, ge=2)
-    alpha: float = Field(1.0, ge=0, le=100, description="how much the clients' models differ (FedProx: 0..1)")
-    beta: float = Field(1.0, ge=0, le=100, description="how much the clients' inputs differ (FedProx: 0..1)")
-
-    @model_validator(mode="after")
-    def _fits(self) -> SyntheticConfig:
-        if self.num_samples * self.dim > MAX_SYNTHETIC_VALUES:
-            raise ValueError(
-                f"synthetic.num_samples × synthetic.dim is {self.num_samples * self.dim:,}; at most "
-                f"{MAX_SYNTHETIC_VALUES:,} values (2 GB of float32) are generated"
-            )
-        return self
-
-
-class DataConfig(_Section):
-    """Files for ``type: csv``: one table split by ``partition``, or one file per client."""
-
-    path: str | None = None
-    clients: list[str] | None = None
-    eval: str | None = None
-    label: str = "label"
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
-        if self.path is None and not self.clients:
-            raise ValueError("set data.path (one table) or data.clients (one file per client)")
-        if self.path is not None and self.clients:
-            raise ValueError("set only one of data.path and data.clients")
-        return self
+from .config_sections import (  # noqa: E402 - re-exported: the sections are part of this module's API
+    _STRICT,
+    CompressionConfig,
+    DataConfig,
+    PartitionConfig,
+    RuntimeConfig,
+    SecureConfig,
+    SyntheticConfig,
+    _check_codec,
+    _Section,
+)
 
 
 class Config(_Section):
