@@ -595,8 +595,9 @@ def test_secure_aggregation_over_flower(federation, keys):
     for mine, ref in zip(rows[:2], sim[:2], strict=True):  # equal up to a quantization step here and there
         assert mine["accuracy"] == pytest.approx(ref["accuracy"], abs=0.034)
         assert mine["loss"] == pytest.approx(ref["loss"], rel=0.02)
-        for key in ("bytes_up", "bytes_keyholder"):  # ciphertext bytes; aggregate out, float64 sums back
-            assert mine[key] == ref[key]
+        assert mine["bytes_up"] == ref["bytes_up"]  # ciphertext bytes
+        # contributions out and float64 sums back, plus what only the deployment sends: one ECDSA signature each
+        assert 0 < mine["bytes_keyholder"] - ref["bytes_keyholder"] <= 3 * 110
     plain = {k: v for k, v in raw.items() if k != "secure"}
     assert abs(rows[1]["accuracy"] - _simulate(plain)[0][1]["accuracy"]) <= 0.05
     last = rows[2]  # clients 1 and 2 trained and encrypted; nobody could decrypt
