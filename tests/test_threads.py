@@ -184,3 +184,18 @@ def test_config_threads_field():
     for bad in (0, "many", 1.5):
         with pytest.raises(ConfigError, match="runtime.threads"):
             build_config({"runtime": {"threads": bad}})
+
+
+def test_auto_on_cuda_keeps_one_cpu_thread():
+    """On a GPU the CPU only plans batches and copies: auto does not probe CPU threads there."""
+    import torch
+
+    from fedloom.threads import tune_threads
+
+    before = torch.get_num_threads()
+    try:
+        engine = tune_threads(object(), "auto", torch.device("cuda"))
+        assert engine.setting == 1 and engine.threads == 1 and torch.get_num_threads() == 1
+        assert tune_threads(object(), "auto", torch.device("cpu")).setting == "auto"
+    finally:
+        torch.set_num_threads(before)
