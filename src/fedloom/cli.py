@@ -36,8 +36,15 @@ EXPERIMENT_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr, exit 2 (argparse's own prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedloom", description="A federated-learning lab.")
+    p = _Parser(prog="fedloom", description="A federated-learning lab.")
     p.add_argument("--version", action="version", version=f"fedloom {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -213,7 +213,9 @@ def one_line(err: ValidationError, root: type[BaseModel], source: str) -> str:
     """The first validation problem as one line naming the field."""
     e = err.errors()[0]
     loc = tuple(e.get("loc", ()))
-    field = ".".join(str(p) for p in loc)
+    # pydantic names the branch of a union it tried (constrained-int, literal['auto'], function-after[...]):
+    # the user knows the field, not the branch
+    field = ".".join(str(p) for p in loc if isinstance(p, int) or str(p).isidentifier())
     if e["type"] == "extra_forbidden":
         owner = _model_for(loc, root)
         names = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
