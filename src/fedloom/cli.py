@@ -167,9 +167,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     for f in render_folder(args.dir):
         print(f)
-    report = Path(args.dir) / "report.md"
-    if report.is_file():
-        print(report)
+    for name in ("report.md", "table.md"):  # a run's report, an experiment's table
+        if (Path(args.dir) / name).is_file():
+            print(Path(args.dir) / name)
     return 0
 
 

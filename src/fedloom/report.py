@@ -214,7 +214,10 @@ def render_folder(path: str | Path) -> list[Path]:
     render = getattr(module, "render", None)
     if render is None:
         raise FedloomError(f"{d}: this version cannot re-render a '{name}' experiment folder; run it again")
-    return render(d, summary)
+    try:
+        return render(d, summary)
+    except (KeyError, TypeError, IndexError) as e:  # rows edited or from another version: one line, no traceback
+        raise FedloomError(f"{d / 'summary.json'}: malformed '{name}' results ({type(e).__name__}: {e})") from None
 
 
 def render_run(run_dir: str | Path) -> list[Path]:

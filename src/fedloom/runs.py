@@ -29,13 +29,13 @@ import torch
 from .errors import FedloomError
 
 __all__ = ["RunDir", "ResumePoint", "open_run_dir", "prepare_run_dir", "default_out_dir", "load_run", "MARKER"]
-__all__ += ["write_json", "write_text", "read_json", "load_checkpoint"]
+__all__ += ["write_json", "write_text", "read_json", "load_checkpoint", "as_written"]
 
 MARKER = "RUNNING"  # present while a run or experiment is writing its folder
 # what fedloom writes into a run or experiment folder; anything else there is the user's
 FEDLOOM_FILES = frozenset(
     {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "model.pt", "partition.json", "report.md",
-     "table.md", "figures", "tb", MARKER}
+     "table.md", "curves.json", "figures", "tb", MARKER}
 )  # fmt: skip
 _SIGNS = frozenset({"metrics.jsonl", "summary.json", "table.md", MARKER})  # one of these marks fedloom's folder
 
@@ -74,6 +74,11 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(_clean(obj), indent=2) + "\n")
+
+
+def as_written(obj):
+    """``obj`` as :func:`write_json` stores it and :func:`read_json` gives it back (tuples as lists, NaN as None)."""
+    return json.loads(json.dumps(_clean(obj)))
 
 
 def _save_tensors(path: Path, obj) -> None:

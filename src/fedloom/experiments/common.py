@@ -19,7 +19,7 @@ from ..config import Config, build_config
 from ..data import FedData, Partition
 from ..errors import ConfigError, FedloomError
 from ..report import markdown_table
-from ..runs import write_json
+from ..runs import as_written, read_json, write_json
 from ..simulation import Federation, RunResult, run_federation
 
 __all__ = [
@@ -32,6 +32,11 @@ __all__ = [
     "claim_out",
     "release_out",
     "write_outputs",
+    "write_table",
+    "as_written",
+    "save_curves",
+    "load_curves",
+    "render_config",
 ]
 
 
@@ -133,10 +138,8 @@ def release_out(created: list[Path]) -> None:
             return
 
 
-def write_outputs(
-    out: Path, summary: dict, table_rows: list[dict], columns: list[str], title: str, notes: str = ""
-) -> dict:
-    """``table.md`` then ``summary.json`` (written last, atomically: its presence says the experiment finished)."""
+def write_table(out: Path, table_rows: list[dict], columns: list[str], title: str, notes: str = "") -> Path:
+    """``table.md``: a title, the markdown table and the notes below it (written whole, then renamed)."""
     out.mkdir(parents=True, exist_ok=True)
     text = f"# {title}\n\n{markdown_table(table_rows, columns)}"
     if notes:
@@ -144,6 +147,59 @@ def write_outputs(
     tmp = out / "table.md.tmp"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out / "table.md")
+    return out / "table.md"
+
+
+def write_outputs(
+    out: Path, summary: dict, table_rows: list[dict], columns: list[str], title: str, notes: str = ""
+) -> dict:
+    """``table.md`` then ``summary.json`` (written last, atomically: its presence says the experiment finished)."""
+    write_table(out, table_rows, columns, title, notes)
     summary = {**summary, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(out / "summary.json", summary)
     return summary
+
+
+# --- drawing again from the folder's files (``fedloom report DIR``) ---------------------------------------------
+
+CURVES = "curves.json"
+_CURVE_KEYS = ("round", "accuracy", "loss")  # all a per-round figure draws
+
+
+def save_curves(out: Path, series: dict[str, list[list[dict]]]) -> dict[str, list[list[dict]]]:
+    """Write the per-round curves ({setting: [rows of each seed]}) to ``curves.json``; returns them as written,
+    so the experiment draws from exactly what ``fedloom report`` will read back."""
+    trim = lambda rows: [{k: r.get(k) for k in _CURVE_KEYS} for r in rows]  # noqa: E731
+    kept = {name: [trim(rows) for rows in runs] for name, runs in series.items()}
+    write_json(out / CURVES, kept)
+    return as_written(kept)
+
+
+def load_curves(folder: Path) -> dict[str, list[list[dict]]]:
+    """The curves :func:`save_curves` wrote, checked enough that drawing cannot fail half-way."""
+    path = folder / CURVES
+    if not path.is_file():
+        raise FedloomError(f"{path}: not found (written by experiments since this version); run the experiment again")
+    series = read_json(path)
+    ok = all(
+        isinstance(runs, list) and runs and all(isinstance(rows, list) and rows for rows in runs)
+        and all(isinstance(r, dict) and isinstance(r.get("round"), int) for rows in runs for r in rows)
+        for runs in series.values()
+    )  # fmt: skip
+    if not series or not ok:
+        raise FedloomError(f"{path}: expected {{setting: [[{{round, accuracy, loss}}, ...] per seed]}}")
+    return series
+
+
+def render_config(folder: Path, summary: dict) -> Config:
+    """The config an experiment folder was run with (``summary.json``'s ``config``), validated again, after
+    checking that ``results`` is there: a damaged summary is one line naming the file, before anything is drawn."""
+    path = folder / "summary.json"
+    results = summary.get("results")
+    if not isinstance(results, list) or not results or not all(isinstance(r, dict) for r in results):
+        raise FedloomError(f"{path}: expected 'results', a non-empty list of rows; run the experiment again")
+    if not isinstance(summary.get("config"), dict):
+        raise FedloomError(f"{path}: expected 'config', the experiment's config as an object")
+    if not isinstance(summary.get("seeds"), list) or not summary["seeds"]:
+        raise FedloomError(f"{path}: expected 'seeds', the list of seeds run")
+    return build_config(summary["config"], f"{path} (config)")

@@ -13,11 +13,21 @@ from pathlib import Path
 from ..config import Config
 from ..data import load_data
 from ..report import new_figure, save_figure
-from .common import derive, refuse, run_with_progress, write_outputs
+from .common import (
+    as_written,
+    derive,
+    load_curves,
+    refuse,
+    render_config,
+    run_with_progress,
+    save_curves,
+    write_outputs,
+    write_table,
+)
 from .plots import place_labels, plot_band_curves
 from .seeds import cell, merge_seeds, seed_list
 
-__all__ = ["run", "DEFAULT_SWEEP", "pareto_front", "best_within_1_point"]
+__all__ = ["run", "render", "DEFAULT_SWEEP", "pareto_front", "best_within_1_point"]
 
 DEFAULT_SWEEP = (
     "none",
@@ -123,9 +133,6 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     for r in results:
         r["pareto"] = r["method"] in front
     out.mkdir(parents=True, exist_ok=True)
-    title = f"compression ({cfg.type}, {cfg.model_name})"
-    plot_band_curves(curves, out / "figures" / "accuracy_per_round.png", title, len(seeds))
-    _plot_tradeoff(results, out / "figures" / "accuracy_vs_bytes.png", cfg, len(seeds))
     best = best_within_1_point(results)
     summary = {
         "experiment": "compression",
@@ -143,6 +150,31 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "config": cfg.to_dict(),
         "results": results,
     }
+    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
+    _figures(out, cfg, summary, save_curves(out, curves))
+    return write_outputs(out, summary, *_table(cfg, summary))
+
+
+def render(folder: Path, summary: dict) -> list[Path]:
+    """Redraw both figures and rewrite ``table.md`` from the folder's ``summary.json`` and ``curves.json``."""
+    cfg = render_config(folder, summary)
+    figures = _figures(folder, cfg, summary, load_curves(folder))
+    write_table(folder, *_table(cfg, summary))
+    return figures
+
+
+def _figures(out: Path, cfg: Config, summary: dict, curves: dict) -> list[Path]:
+    seeds, title = len(summary["seeds"]), f"compression ({cfg.type}, {cfg.model_name})"
+    return [
+        plot_band_curves(curves, out / "figures" / "accuracy_per_round.png", title, seeds),
+        _plot_tradeoff(summary["results"], out / "figures" / "accuracy_vs_bytes.png", cfg, seeds),
+    ]
+
+
+def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]:
+    """table.md's rows, columns, title and notes."""
+    seeds, results = summary["seeds"], summary["results"]
+    best = best_within_1_point(results)
     numbers = ["accuracy", "delta_points", "loss", "bytes_up", "ratio_up", "bytes_down"]
     table = [{"method": r["method"], **{n: cell(r, n) for n in numbers}, "pareto": r["pareto"]} for r in results]
     spread = f"mean ± sample std over seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {cfg.seed}"
@@ -154,10 +186,10 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         f"({best['ratio_up_mean']:.1f}×, {best['delta_points_mean']:+.2f}{std} points)."
     )
     title = f"Update compression: {cfg.type}, {cfg.model_name}"
-    return write_outputs(out, summary, table, ["method", *numbers, "pareto"], title, notes)
+    return table, ["method", *numbers, "pareto"], title, notes
 
 
-def _plot_tradeoff(rows: list[dict], path: Path, cfg: Config, seeds: int) -> None:
+def _plot_tradeoff(rows: list[dict], path: Path, cfg: Config, seeds: int) -> Path:
     fig, ax = new_figure(figsize=(9, 5.5))
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["bytes_up_mean"])
     x = lambda r: r["bytes_up_mean"]  # noqa: E731
@@ -188,4 +220,4 @@ def _plot_tradeoff(rows: list[dict], path: Path, cfg: Config, seeds: int) -> Non
         ax, [x(rows[i]) for i in order], [y(rows[i]) for i in order], [rows[i]["method"] for i in order],
         yerr=[errs[i] for i in order], line=([x(r) for r in front], [y(r) for r in front]),
     )  # fmt: skip
-    save_figure(fig, path)
+    return save_figure(fig, path)

@@ -19,11 +19,23 @@ from pathlib import Path
 
 from ..config import Config
 from ..data import load_data
-from .common import derive, one_client, plain_updates, run_with_progress, work_done, write_outputs
+from .common import (
+    as_written,
+    derive,
+    load_curves,
+    one_client,
+    plain_updates,
+    render_config,
+    run_with_progress,
+    save_curves,
+    work_done,
+    write_outputs,
+    write_table,
+)
 from .plots import plot_band_curves
 from .seeds import cell, merge_rows, merge_seeds, seed_list
 
-__all__ = ["run"]
+__all__ = ["run", "render"]
 
 _KEYS = ("setting", "clients", "k", "local_epochs", "rounds")
 _NUMBERS = ("final_accuracy", "final_loss", "best_accuracy", "samples_processed", "optimizer_steps", "train_seconds")
@@ -67,9 +79,6 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         per_seed.append(rows)
     results = merge_seeds(per_seed, _KEYS)
     out.mkdir(parents=True, exist_ok=True)
-    plot_band_curves(
-        series, out / "figures" / "fl_vs_central.png", f"FL vs centralized ({cfg.type}, {cfg.model_name})", len(seeds)
-    )
     fl_acc = merge_rows([{"a": rows[0]["final_accuracy"]} for rows in per_seed], ())
     central_at = next(r for r in results if r["setting"] == "centralized" and r["local_epochs"] == cfg.local_epochs)
     summary = {
@@ -86,7 +95,28 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "config": cfg.to_dict(),
         "results": results,
     }
-    table = [{**{k: r[k] for k in _KEYS}, **{n: cell(r, n) for n in _NUMBERS}} for r in results]
+    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
+    _figures(out, cfg, summary, save_curves(out, series))
+    return write_outputs(out, summary, *_table(cfg, summary))
+
+
+def render(folder: Path, summary: dict) -> list[Path]:
+    """Redraw the figure and rewrite ``table.md`` from the folder's ``summary.json`` and ``curves.json``."""
+    cfg = render_config(folder, summary)
+    figures = _figures(folder, cfg, summary, load_curves(folder))
+    write_table(folder, *_table(cfg, summary))
+    return figures
+
+
+def _figures(out: Path, cfg: Config, summary: dict, series: dict) -> list[Path]:
+    title = f"FL vs centralized ({cfg.type}, {cfg.model_name})"
+    return [plot_band_curves(series, out / "figures" / "fl_vs_central.png", title, len(summary["seeds"]))]
+
+
+def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]:
+    """table.md's rows, columns, title and notes."""
+    seeds = summary["seeds"]
+    table = [{**{k: r[k] for k in _KEYS}, **{n: cell(r, n) for n in _NUMBERS}} for r in summary["results"]]
     notes = (
         f"Mean ± sample std over seeds {seeds[0]}–{seeds[-1]} ({len(seeds)})."
         * (len(seeds) > 1)
@@ -98,7 +128,7 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     title = f"FL vs centralized: {cfg.type}, {cfg.model_name}, " + (
         f"seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {cfg.seed}"
     )
-    return write_outputs(out, summary, table, [*_KEYS, *_NUMBERS], title, notes.strip())
+    return table, [*_KEYS, *_NUMBERS], title, notes.strip()
 
 
 def _row(setting: str, cfg: Config, res, data) -> dict:

@@ -19,13 +19,14 @@ import numpy as np
 
 from ..config import Config
 from ..data import load_data
+from ..errors import FedloomError
 from ..simulation import Federation
 from ..training import LocalSpec
-from .common import derive, plain_updates, run_with_progress, write_outputs
+from .common import as_written, derive, plain_updates, render_config, run_with_progress, write_outputs, write_table
 from .plots import band
 from .seeds import cell, merge_seeds, seed_list
 
-__all__ = ["run", "half_k"]
+__all__ = ["run", "render", "half_k"]
 
 _LOCAL_ROUND = 0  # rounds of FL start at 1: round 0 names the single-party runs' RNG streams
 
@@ -62,7 +63,6 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     results = merge_seeds(per_client, ("client",))
     settings = merge_seeds(per_setting, ("setting",))
     out.mkdir(parents=True, exist_ok=True)
-    _plot(results, settings, cfg, len(seeds), out / "figures" / "fl_vs_local.png")
     by = {r["setting"]: r for r in settings}
     summary = {
         "experiment": "fl-vs-local",
@@ -74,15 +74,40 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "settings": settings,
         "results": results,
     }
+    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
+    _figures(out, cfg, summary)
+    return write_outputs(out, summary, *_table(cfg, summary))
+
+
+def render(folder: Path, summary: dict) -> list[Path]:
+    """Redraw the figure and rewrite ``table.md`` from the folder's ``summary.json``."""
+    cfg = render_config(folder, summary)
+    if not isinstance(summary.get("settings"), list) or not summary["settings"]:
+        raise FedloomError(f"{folder / 'summary.json'}: expected 'settings', the FL and single-party rows")
+    figures = _figures(folder, cfg, summary)
+    write_table(folder, *_table(cfg, summary))
+    return figures
+
+
+def _figures(out: Path, cfg: Config, summary: dict) -> list[Path]:
+    path = out / "figures" / "fl_vs_local.png"
+    return [_plot(summary["results"], summary["settings"], cfg, len(summary["seeds"]), path)]
+
+
+def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]:
+    """table.md's rows, columns, title and notes (the per-client table)."""
+    seeds, results, half = summary["seeds"], summary["results"], half_k(cfg.k)
     spread = f"mean ± sample std over seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {cfg.seed}"
-    table1 = [{"setting": _LABELS[r["setting"]](cfg.k, half), "accuracy": cell(r, "accuracy")} for r in settings]
+    table1 = [
+        {"setting": _LABELS[r["setting"]](cfg.k, half), "accuracy": cell(r, "accuracy")} for r in summary["settings"]
+    ]
     numbers = [c for c in results[0] if c.endswith("_mean")]
     table2 = [{"client": r["client"], **{n[:-5]: cell(r, n[:-5]) for n in numbers}} for r in results]
     from ..report import markdown_table
 
     notes = f"## Per client ({spread})\n\n{markdown_table(table2)}"
     title = f"FL model vs single-party models: {cfg.type}, {cfg.model_name}, {cfg.partition.method} partition, {spread}"
-    return write_outputs(out, summary, table1, ["setting", "accuracy"], title, notes)
+    return table1, ["setting", "accuracy"], title, notes
 
 
 _LABELS = {
@@ -124,7 +149,7 @@ def _one_seed(plan: dict[str, Config], half: int, progress) -> tuple[list[dict],
     return rows, settings
 
 
-def _plot(results: list[dict], settings: list[dict], cfg: Config, seeds: int, path: Path) -> None:
+def _plot(results: list[dict], settings: list[dict], cfg: Config, seeds: int, path: Path) -> Path:
     """Bars: each client's model trained alone (± std over seeds); lines and bands: the FL models."""
     from ..report import new_figure, save_figure
 
@@ -151,4 +176,4 @@ def _plot(results: list[dict], settings: list[dict], cfg: Config, seeds: int, pa
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # outside: never hides a bar
     ax.grid(axis="y", alpha=0.3)
-    save_figure(fig, path)
+    return save_figure(fig, path)

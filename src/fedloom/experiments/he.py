@@ -18,10 +18,10 @@ import numpy as np
 from ..config import Config
 from ..data import load_data
 from ..report import new_figure, save_figure
-from .common import derive, refuse, run_with_progress, write_outputs
+from .common import as_written, derive, refuse, render_config, run_with_progress, write_outputs, write_table
 from .seeds import cell, merge_seeds, seed_list
 
-__all__ = ["run", "METHODS"]
+__all__ = ["run", "render", "METHODS"]
 
 METHODS = ("none", "paillier-per-value", "paillier", "ckks")
 _FULL_RUN_BUDGET = 120.0  # seconds: longer per-value runs are extrapolated from a timed sample
@@ -92,18 +92,40 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     rows = merge_seeds(per_seed, ("method", "num_params"))
     rows += [{"method": m, "note": "skipped: TenSEAL not installed (pip install 'fedloom[he]')"} for m in skipped]
     out.mkdir(parents=True, exist_ok=True)
-    _plot([r for r in rows if "bytes_up_per_round_mean" in r], out / "figures" / "he_costs.png", cfg, len(seeds))
     summary = {"experiment": "he", "seed": cfg.seed, "seeds": seeds, "config": cfg.to_dict(), "results": rows}
-    numbers = [
-        "accuracy",
-        "client_s_per_round",
-        "server_s_per_round",
-        "decrypt_s_per_round",
-        "bytes_up_per_round",
-        "bytes_per_value",
-        "expansion",
-    ]
-    table = [{"method": r["method"], **{n: cell(r, n) for n in numbers}, "note": r.get("note", "")} for r in rows]
+    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
+    _figures(out, cfg, summary)
+    return write_outputs(out, summary, *_table(cfg, summary))
+
+
+def render(folder: Path, summary: dict) -> list[Path]:
+    """Redraw the figure and rewrite ``table.md`` from the folder's ``summary.json``."""
+    cfg = render_config(folder, summary)
+    figures = _figures(folder, cfg, summary)
+    write_table(folder, *_table(cfg, summary))
+    return figures
+
+
+def _figures(out: Path, cfg: Config, summary: dict) -> list[Path]:
+    measured = [r for r in summary["results"] if "bytes_up_per_round_mean" in r]  # not the skipped methods
+    return [_plot(measured, out / "figures" / "he_costs.png", cfg, len(summary["seeds"]))]
+
+
+_NUMBERS = [
+    "accuracy",
+    "client_s_per_round",
+    "server_s_per_round",
+    "decrypt_s_per_round",
+    "bytes_up_per_round",
+    "bytes_per_value",
+    "expansion",
+]
+
+
+def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]:
+    """table.md's rows, columns, title and notes."""
+    seeds, rows = summary["seeds"], summary["results"]
+    table = [{"method": r["method"], **{n: cell(r, n) for n in _NUMBERS}, "note": r.get("note", "")} for r in rows]
     spread = f"mean ± sample std over seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {cfg.seed}"
     notes = (
         f"{cfg.type}, {cfg.model_name}, {rows[0]['num_params']} parameters, k={cfg.k}, {cfg.global_epochs} rounds, "
@@ -111,8 +133,7 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         f"(packed: {cfg.secure.bits}-bit slots, clip ±{cfg.secure.clip}). "
         "client = one client's encryption per round; server = adding ciphertexts; decrypt = the key holder."
     )
-    title = "Homomorphic encryption in FL: cost per round"
-    return write_outputs(out, summary, table, ["method", *numbers, "note"], title, notes)
+    return table, ["method", *_NUMBERS, "note"], "Homomorphic encryption in FL: cost per round", notes
 
 
 def _has_tenseal() -> bool:
@@ -183,10 +204,12 @@ def _per_value_estimate(cfg: Config, data, force: bool | None = None) -> dict | 
     }
 
 
-def _plot(rows: list[dict], path: Path, cfg: Config, seeds: int) -> None:
-    """Time per round by role and upload bytes; error bars are ± the sample std over seeds."""
+def _plot(rows: list[dict], path: Path, cfg: Config, seeds: int) -> Path:
+    """Time per round by role and upload bytes; error bars are ± the sample std over seeds. An extrapolated
+    row's bars are hatched and labelled, not only its tick: its numbers were not measured on a run."""
     fig, (ax_t, ax_b) = new_figure(1, 2, figsize=(12, 4.6))
     x = np.arange(len(rows))
+    estimated = ["estimate" in (r.get("note") or "") for r in rows]
     parts = [
         ("client encrypt", "client_s_per_round", "#1565c0"),
         ("server add", "server_s_per_round", "#ef6c00"),
@@ -195,37 +218,47 @@ def _plot(rows: list[dict], path: Path, cfg: Config, seeds: int) -> None:
     err = lambda r, key: (r[f"{key}_std"] or 0.0) if seeds > 1 else 0.0  # noqa: E731
     for i, (label, key, color) in enumerate(parts):
         vals = [r[f"{key}_mean"] or float("nan") for r in rows]  # no bar where nothing is encrypted
-        ax_t.bar(x + (i - 1) * 0.27, vals, 0.27, yerr=[err(r, key) for r in rows], capsize=2, label=label, color=color)
+        bars = ax_t.bar(x + (i - 1) * 0.27, vals, 0.27, yerr=[err(r, key) for r in rows], capsize=2, label=label,
+                        color=color)  # fmt: skip
+        _hatch(bars, estimated)
     for xi, r in zip(x, rows):
         if not any(r[f"{key}_mean"] for _, key, _ in parts):
             ax_t.annotate("no encryption", (xi, 0.1), xycoords=("data", "axes fraction"), ha="center", fontsize=8)
     ax_t.set_yscale("log")
     ax_t.set_xlim(-0.75, len(rows) - 0.4)  # room for the "no encryption" note inside the axes
-    names = [r["method"] + (" (est.)" if "estimate" in (r.get("note") or "") else "") for r in rows]
+    names = [r["method"] + (" (est.)" if est else "") for r, est in zip(rows, estimated)]
     ax_t.set_xticks(x, names, fontsize=8)
     spread = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
     ax_t.set(ylabel="seconds per round (log)", title=f"time per round by role{spread}")
-    ax_t.legend(fontsize=8)
-    ax_b.bar(
-        x,
-        [r["bytes_up_per_round_mean"] for r in rows],
-        yerr=[err(r, "bytes_up_per_round") for r in rows],
-        capsize=2,
-        color="#6a1b9a",
-    )
-    for xi, r in zip(x, rows):
-        ax_b.annotate(
-            f"{r['expansion_mean']:.1f}×",
-            (xi, r["bytes_up_per_round_mean"]),
-            ha="center",
-            fontsize=8,
-            xytext=(0, 3),
-            textcoords="offset points",
-        )
+    handles = ax_t.get_legend_handles_labels()[0]
+    ax_t.set_ylim(top=ax_t.get_ylim()[1] * 30)  # headroom (log axis): the legend sits above every bar
+    ax_t.legend(handles=handles + ([_estimate_key()] if any(estimated) else []), fontsize=8, loc="upper center",
+                ncols=2)  # fmt: skip
+    bars = ax_b.bar(x, [r["bytes_up_per_round_mean"] for r in rows], yerr=[err(r, "bytes_up_per_round") for r in rows],
+                    capsize=2, color="#6a1b9a")  # fmt: skip
+    _hatch(bars, estimated)
+    for xi, r, est in zip(x, rows, estimated):
+        ax_b.annotate(f"{r['expansion_mean']:.1f}×" + ("\nestimate" if est else ""), (xi, r["bytes_up_per_round_mean"]),
+                      ha="center", fontsize=8, xytext=(0, 3), textcoords="offset points")  # fmt: skip
     ax_b.set_yscale("log")
+    ax_b.set_ylim(top=ax_b.get_ylim()[1] * 3)  # room for the labels above the tallest bar
     ax_b.set_xticks(x, names, fontsize=8)
     ax_b.set(ylabel="upload bytes per round (log)", title="upload per round (× fp32)")
     for ax in (ax_t, ax_b):
         ax.grid(axis="y", alpha=0.3, which="both")
     fig.suptitle(f"HE costs: {cfg.type}, {cfg.model_name}, k={cfg.k}")
-    save_figure(fig, path)
+    return save_figure(fig, path)
+
+
+def _estimate_key():
+    """The legend entry for hatched bars."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="#9e9e9e", edgecolor="white", hatch="///", label="hatched: estimate (not run)")
+
+
+def _hatch(bars, estimated: list[bool]) -> None:
+    for bar, est in zip(bars, estimated):
+        if est:
+            bar.set_hatch("///")
+            bar.set_edgecolor("white")  # the hatch lines take the edge colour

@@ -16,11 +16,22 @@ from pathlib import Path
 from ..config import Config
 from ..data import load_data
 from ..report import new_figure, save_figure
-from .common import derive, plain_updates, refuse, run_with_progress, write_outputs
+from .common import (
+    as_written,
+    derive,
+    load_curves,
+    plain_updates,
+    refuse,
+    render_config,
+    run_with_progress,
+    save_curves,
+    write_outputs,
+    write_table,
+)
 from .plots import plot_band_curves
 from .seeds import cell, merge_seeds, seed_list
 
-__all__ = ["run", "NOISE", "CLIPS", "grid"]
+__all__ = ["run", "render", "NOISE", "CLIPS", "grid"]
 
 NOISE = (0.0, 0.3, 0.6, 1.0, 2.0)
 CLIPS = (0.1, 0.5, 2.0)
@@ -94,33 +105,53 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     curves: dict[str, list[list[dict]]] = {}
     results = merge_seeds([_one_seed(configs, progress, curves) for configs in plans], _KEYS)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"privacy ({cfg.type}, {cfg.model_name})"
-    plot_band_curves(curves, out / "figures" / "accuracy_per_round.png", title, len(seeds))
-    _plot_curve(results, out / "figures" / "accuracy_vs_epsilon.png", cfg, len(seeds))
-    accounting = plans[0][-1].to_dict()["runtime"]["sampling"]
     summary = {
         "experiment": "privacy",
-        "sampling": accounting,
+        "sampling": plans[0][-1].to_dict()["runtime"]["sampling"],
         "delta": cfg.privacy.delta,
         "seed": cfg.seed,
         "seeds": seeds,
         "config": cfg.to_dict(),
         "results": results,
     }
+    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
+    _figures(out, cfg, summary, save_curves(out, curves))
+    return write_outputs(out, summary, *_table(cfg, summary))
+
+
+def render(folder: Path, summary: dict) -> list[Path]:
+    """Redraw both figures and rewrite ``table.md`` from the folder's ``summary.json`` and ``curves.json``."""
+    cfg = render_config(folder, summary)
+    figures = _figures(folder, cfg, summary, load_curves(folder))
+    write_table(folder, *_table(cfg, summary))
+    return figures
+
+
+def _figures(out: Path, cfg: Config, summary: dict, curves: dict) -> list[Path]:
+    seeds, title = len(summary["seeds"]), f"privacy ({cfg.type}, {cfg.model_name})"
+    return [
+        plot_band_curves(curves, out / "figures" / "accuracy_per_round.png", title, seeds),
+        _plot_curve(summary["results"], out / "figures" / "accuracy_vs_epsilon.png", cfg, seeds),
+    ]
+
+
+def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]:
+    """table.md's rows, columns, title and notes."""
+    seeds, accounting = summary["seeds"], summary["sampling"]
     numbers = ["epsilon", "accuracy", "loss"]
     table = [
         {"setting": r["setting"], **{n: cell(r, n) or "∞" for n in numbers[:1]}, **{n: cell(r, n) for n in numbers[1:]}}
-        for r in results
+        for r in summary["results"]
     ]
     spread = f"mean ± sample std over seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {cfg.seed}"
     notes = (
         f"{cfg.no_models} clients, k={cfg.k}, {cfg.global_epochs} rounds, {spread}. ε: client-level, δ = "
         f"{cfg.privacy.delta:g}, after the last round, runtime.sampling {accounting} (docs/privacy.md); ∞: no noise."
     )
-    return write_outputs(out, summary, table, ["setting", *numbers], f"Accuracy against ε: {cfg.type}", notes)
+    return table, ["setting", *numbers], f"Accuracy against ε: {cfg.type}", notes
 
 
-def _plot_curve(rows: list[dict], path: Path, cfg: Config, seeds: int) -> None:
+def _plot_curve(rows: list[dict], path: Path, cfg: Config, seeds: int) -> Path:
     fig, ax = new_figure(figsize=(8, 5))
     base = rows[0]
     ax.axhline(base["accuracy_mean"], color="#37474f", ls="--", lw=1, label="no privacy")
@@ -154,4 +185,4 @@ def _plot_curve(rows: list[dict], path: Path, cfg: Config, seeds: int) -> None:
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    save_figure(fig, path)
+    return save_figure(fig, path)

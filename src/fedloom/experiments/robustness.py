@@ -19,10 +19,10 @@ from ..attack_spec import RobustnessConfig
 from ..config import Config
 from ..data import load_data
 from ..report import new_figure, save_figure
-from .common import derive, refuse, run_with_progress, write_outputs
+from .common import as_written, derive, refuse, render_config, run_with_progress, write_outputs, write_table
 from .seeds import cell, merge_seeds, seed_list
 
-__all__ = ["run", "DEFAULT_ATTACKS", "grid"]
+__all__ = ["run", "render", "DEFAULT_ATTACKS", "grid"]
 
 DEFAULT_ATTACKS = (
     {"name": "gaussian", "std": 10.0},
@@ -105,10 +105,39 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
     seeds = seed_list(cfg)
     results = merge_seeds([_one_seed(runs, progress) for runs in plans], ("aggregator", "attack", "fraction"))
     out.mkdir(parents=True, exist_ok=True)
-    _heatmap(results, aggs, "accuracy", out / "figures" / "accuracy_heatmap.png", cfg, len(seeds))
+    summary = {
+        "experiment": "robustness",
+        "seed": cfg.seed,
+        "seeds": seeds,
+        "config": cfg.to_dict(),
+        "results": results,
+    }
+    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
+    _figures(out, cfg, summary, aggs)
+    return write_outputs(out, summary, *_table(cfg, summary))
+
+
+def render(folder: Path, summary: dict) -> list[Path]:
+    """Redraw the heatmaps and rewrite ``table.md`` from the folder's ``summary.json``."""
+    cfg = render_config(folder, summary)
+    aggs = list(dict.fromkeys(r["aggregator"] for r in summary["results"]))  # in the order they ran
+    figures = _figures(folder, cfg, summary, aggs)
+    write_table(folder, *_table(cfg, summary))
+    return figures
+
+
+def _figures(out: Path, cfg: Config, summary: dict, aggs: list[str]) -> list[Path]:
+    results, seeds = summary["results"], len(summary["seeds"])
+    figures = [_heatmap(results, aggs, "accuracy", out / "figures" / "accuracy_heatmap.png", cfg, seeds)]
     if any(r["attack"] == "backdoor" for r in results):
         bd = [r for r in results if r["attack"] in ("backdoor", CLEAN)]
-        _heatmap(bd, aggs, "backdoor_accuracy", out / "figures" / "backdoor_heatmap.png", cfg, len(seeds))
+        figures.append(_heatmap(bd, aggs, "backdoor_accuracy", out / "figures" / "backdoor_heatmap.png", cfg, seeds))
+    return figures
+
+
+def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]:
+    """table.md's rows, columns, title and notes."""
+    seeds = summary["seeds"]
     numbers = ["accuracy", "delta_points", "backdoor_accuracy"]
     table = [
         {
@@ -117,7 +146,7 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
             "fraction": r["fraction"],
             **{n: cell(r, n) for n in numbers},
         }
-        for r in results
+        for r in summary["results"]
     ]
     spread = f"mean ± sample std over seeds {seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else f"seed {cfg.seed}"
     notes = (
@@ -125,18 +154,11 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "accuracy; delta_points: against the same aggregator's clean run of the same seed; backdoor_accuracy: "
         "triggered eval rows whose true label is not the target that the final model puts in the target class."
     )
-    summary = {
-        "experiment": "robustness",
-        "seed": cfg.seed,
-        "seeds": seeds,
-        "config": cfg.to_dict(),
-        "results": results,
-    }
     title = f"Robustness: {cfg.type}, {cfg.model_name}"
-    return write_outputs(out, summary, table, ["aggregator", "attack", "fraction", *numbers], title, notes)
+    return table, ["aggregator", "attack", "fraction", *numbers], title, notes
 
 
-def _heatmap(rows: list[dict], aggs: list[str], key: str, path: Path, cfg: Config, seeds: int) -> None:
+def _heatmap(rows: list[dict], aggs: list[str], key: str, path: Path, cfg: Config, seeds: int) -> Path:
     cols = list(dict.fromkeys((r["attack"], r["fraction"]) for r in rows))
     grid_ = np.full((len(aggs), len(cols)), np.nan)
     for r in rows:
@@ -157,4 +179,4 @@ def _heatmap(rows: list[dict], aggs: list[str], key: str, path: Path, cfg: Confi
     ax.set_title(f"{what}\n({cfg.type}, {cfg.global_epochs} rounds, {over})", fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
