@@ -23,6 +23,8 @@ from ..runs import as_written, read_json, write_json
 from ..simulation import Federation, RunResult, run_federation
 
 __all__ = [
+    "finish_with_curves",
+    "render_with_curves",
     "derive",
     "plain_updates",
     "refuse",
@@ -203,3 +205,21 @@ def render_config(folder: Path, summary: dict) -> Config:
     if not isinstance(summary.get("seeds"), list) or not summary["seeds"]:
         raise FedloomError(f"{path}: expected 'seeds', the list of seeds run")
     return build_config(summary["config"], f"{path} (config)")
+
+
+def finish_with_curves(out: Path, cfg: Config, summary: dict, curves: dict, figures, table) -> dict:
+    """Write an experiment whose figures need per-round curves: ``curves.json``, the figures, ``table.md`` and
+    ``summary.json``; everything is drawn from the numbers as ``summary.json`` holds them, as ``fedloom report``
+    draws them (``figures(out, cfg, summary, curves)``, ``table(cfg, summary)``: the experiment's own)."""
+    summary = as_written(summary)
+    figures(out, cfg, summary, save_curves(out, curves))
+    return write_outputs(out, summary, *table(cfg, summary))
+
+
+def render_with_curves(folder: Path, summary: dict, figures, table) -> list[Path]:
+    """``fedloom report`` for such an experiment: redraw its figures and rewrite ``table.md`` from the folder's
+    ``summary.json`` and ``curves.json``."""
+    cfg = render_config(folder, summary)
+    drawn = figures(folder, cfg, summary, load_curves(folder))
+    write_table(folder, *table(cfg, summary))
+    return drawn

@@ -14,15 +14,11 @@ from ..config import Config
 from ..data import load_data
 from ..report import new_figure, save_figure
 from .common import (
-    as_written,
     derive,
-    load_curves,
+    finish_with_curves,
     refuse,
-    render_config,
+    render_with_curves,
     run_with_progress,
-    save_curves,
-    write_outputs,
-    write_table,
 )
 from .plots import place_labels, plot_band_curves
 from .seeds import cell, merge_seeds, seed_list
@@ -150,17 +146,12 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "config": cfg.to_dict(),
         "results": results,
     }
-    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
-    _figures(out, cfg, summary, save_curves(out, curves))
-    return write_outputs(out, summary, *_table(cfg, summary))
+    return finish_with_curves(out, cfg, summary, curves, _figures, _table)
 
 
 def render(folder: Path, summary: dict) -> list[Path]:
     """Redraw both figures and rewrite ``table.md`` from the folder's ``summary.json`` and ``curves.json``."""
-    cfg = render_config(folder, summary)
-    figures = _figures(folder, cfg, summary, load_curves(folder))
-    write_table(folder, *_table(cfg, summary))
-    return figures
+    return render_with_curves(folder, summary, _figures, _table)
 
 
 def _figures(out: Path, cfg: Config, summary: dict, curves: dict) -> list[Path]:

@@ -20,17 +20,13 @@ from pathlib import Path
 from ..config import Config
 from ..data import load_data
 from .common import (
-    as_written,
     derive,
-    load_curves,
+    finish_with_curves,
     one_client,
     plain_updates,
-    render_config,
+    render_with_curves,
     run_with_progress,
-    save_curves,
     work_done,
-    write_outputs,
-    write_table,
 )
 from .plots import plot_band_curves
 from .seeds import cell, merge_rows, merge_seeds, seed_list
@@ -95,17 +91,12 @@ def run(cfg: Config, out: Path, progress=None) -> dict:
         "config": cfg.to_dict(),
         "results": results,
     }
-    summary = as_written(summary)  # drawn from the numbers as summary.json holds them, as `fedloom report` does
-    _figures(out, cfg, summary, save_curves(out, series))
-    return write_outputs(out, summary, *_table(cfg, summary))
+    return finish_with_curves(out, cfg, summary, series, _figures, _table)
 
 
 def render(folder: Path, summary: dict) -> list[Path]:
     """Redraw the figure and rewrite ``table.md`` from the folder's ``summary.json`` and ``curves.json``."""
-    cfg = render_config(folder, summary)
-    figures = _figures(folder, cfg, summary, load_curves(folder))
-    write_table(folder, *_table(cfg, summary))
-    return figures
+    return render_with_curves(folder, summary, _figures, _table)
 
 
 def _figures(out: Path, cfg: Config, summary: dict, series: dict) -> list[Path]:
