@@ -228,3 +228,14 @@ def test_resume_with_fedbn_carries_each_clients_batchnorm():
     lost.load_state_dict(state)
     run_federation(lost, start_round=3)
     assert not torch.equal(whole.server.global_vec, lost.server.global_vec)
+
+
+def test_a_ciphertext_outside_the_key_fails_its_sender_and_the_others_are_added():
+    pytest.importorskip("gmpy2")
+    secure = {"method": "paillier", "key_bits": 512, "allow_weak_keys": True, "clip": 2.0}
+    fed = Federation.build(build_config({**BASE, "secure": secure}))
+    garbage = lambda a: Answer(a.client, b"\xff" * len(a.payload), a.num_samples, a.train_loss, a.stats)  # noqa: E731
+    fed.round.cohort = Tamper(fed.cohort, garbage)
+    row = fed.run_round(1)
+    assert row["applied"] and row["clients"] == [1, 2, 3]
+    assert "not valid under the federation's public key" in row["failed"]["0"]

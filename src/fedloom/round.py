@@ -19,6 +19,7 @@ client health, the clipped-value count); a runtime adds its own (the simulation 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -252,34 +253,31 @@ class Round:
 
     def _add(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> tuple[list[Answer], SecAggState]:
         """The ADD stage over the answers whose ciphertexts the server cipher accepts (in range of the
-        federation's key, one layout); a bad one fails its sender only and the rest are added again."""
-        kept = list(answers)
-        for attempt in range(2):
-            state = SecAggState(rnd, [a.client for a in kept])
-            state.payloads = {a.client: a.payload for a in kept}  # the ENCRYPT stage ran on the clients
-            if not kept:
-                return kept, state
+        federation's key, one layout). The whole cohort is tried first; if that fails, each payload alone
+        finds the bad ones, which fail their senders only, and the rest are added."""
+        try:
+            return list(answers), self._added(rnd, answers)
+        except (ValueError, TypeError):
+            pass
+        kept = []
+        for a in answers:
             try:
-                add_updates(state, self.secure.cipher)
-                return kept, state
-            except (ValueError, TypeError):
-                if attempt:
-                    raise
-            good = []
-            for a in kept:
-                try:
-                    self.secure.cipher.add([a.payload])
-                    good.append(a)
-                except (ValueError, TypeError) as e:
-                    failed[a.client] = f"encrypted update is not valid under the federation's public key: {e}"
-            kept = good
-        raise AssertionError("unreachable")
+                self.secure.cipher.add([a.payload])
+                kept.append(a)
+            except (ValueError, TypeError) as e:
+                failed[a.client] = f"encrypted update is not valid under the federation's public key: {e}"
+        return kept, self._added(rnd, kept)
+
+    def _added(self, rnd: int, answers: list[Answer]) -> SecAggState:
+        state = SecAggState(rnd, [a.client for a in answers])
+        state.payloads = {a.client: a.payload for a in answers}  # the ENCRYPT stage ran on the clients
+        if answers:
+            add_updates(state, self.secure.cipher)
+        return state
 
     # --- state across rounds ----------------------------------------------------------------------
     def state_dict(self, rnd: int) -> dict:
         """The server side of a checkpoint after round ``rnd`` (tensors and plain values only)."""
-        import json
-
         agg = self.server.aggregator
         return {
             "round": rnd,
@@ -293,8 +291,6 @@ class Round:
 
     def load_state_dict(self, state: dict) -> int:
         """Restore :meth:`state_dict`'s fields; returns the round they were taken after."""
-        import json
-
         self.server.global_vec = state["global"].clone()
         self.server.load_health(json.loads(state["health"]))
         self.clipped = int(state.get("clipped", 0))
