@@ -126,7 +126,7 @@ def _federation(cfg: Config, hooks: _Hooks, t0: float, resume: bool) -> RunOutpu
     from .simulation import Federation, resume_from, run_federation
 
     fed = Federation.build(cfg)  # data errors surface here, before anything is written
-    start, rows = resume_from(fed, hooks.out) if resume else (1, [])
+    start, rows = resume_from(fed, hooks.prepared.resume) if resume else (1, [])
     hooks.open(rows if resume else None)
     for row in rows:
         hooks.progress_only(row)

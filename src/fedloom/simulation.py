@@ -10,11 +10,9 @@ records a remote client would send.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -306,31 +304,15 @@ def _secure_summary(cfg: Config, rows: list[dict]) -> dict:
     }
 
 
-def resume_from(fed: Federation, out: Path) -> tuple[int, list[dict]]:
-    """Load ``out/checkpoint.pt`` into ``fed`` (server and simulated clients) and keep the rows of
-    ``out/metrics.jsonl`` up to its round; returns (the next round, those rows). A row written after the
-    checkpoint is dropped: its round is run again and ends where it ended the first time."""
+def resume_from(fed: Federation, point) -> tuple[int, list[dict]]:
+    """Load a ``--resume`` point (:class:`fedloom.runs.ResumePoint`: the checkpoint and the metrics rows up to
+    its round, read and checked once by ``prepare_run_dir``) into ``fed``, server and simulated clients;
+    returns (the next round, those rows). A row written after the checkpoint was dropped: its round is run
+    again and ends where it ended the first time."""
     from .errors import FedloomError
-    from .runs import load_checkpoint
 
-    path = out / "checkpoint.pt"
-    if not path.is_file():
-        raise FedloomError(f"--resume: {out} has no checkpoint.pt (runtime.checkpoint must be on to resume)")
     try:
-        last = fed.load_state_dict(load_checkpoint(path))
+        last = fed.load_state_dict(point.checkpoint)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which
-        raise FedloomError(f"--resume: {path} is not a checkpoint of this federation ({e})") from None
-    rows = {}
-    metrics = out / "metrics.jsonl"
-    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the interruption
-        if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= last:
-            rows[row["round"]] = row
-    missing = [r for r in range(1, last + 1) if r not in rows]
-    if missing:
-        raise FedloomError(f"--resume: {metrics} lacks the rows of rounds {missing[:5]} before the checkpoint")
-    return last + 1, [rows[r] for r in range(1, last + 1)]
+        raise FedloomError(f"--resume: checkpoint.pt is not a checkpoint of this federation ({e})") from None
+    return last + 1, list(point.rows)
