@@ -31,6 +31,9 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 __all__ = ["app", "run_job", "JobLog"]
 
 app = ServerApp()
+# How long a resumed server waits for the ServerApp of a crashed one to let go of the run folder. That process
+# notices the lost SuperLink only when flwr's HTTP retries give up: 40 s and more was seen on an idle machine.
+_STALE_WAIT = 150.0
 
 
 class JobLog:
@@ -92,7 +95,7 @@ def run_job(job: dict, grid: Grid, log: JobLog) -> dict:
 
 
 @contextmanager
-def _own(out: Path, wait: float = 30.0):
+def _own(out: Path, wait: float = _STALE_WAIT):
     """Hold ``out/.lock`` while writing the run: a ServerApp left over from a crashed server (it notices the
     lost SuperLink within seconds) must be gone before a resumed one writes the same files."""
     out.mkdir(parents=True, exist_ok=True)
