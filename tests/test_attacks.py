@@ -215,7 +215,7 @@ def test_impostor_and_unregistered_nodes_are_refused_and_named(tmp_path):
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps(SMALL), encoding="utf-8")
     with LocalFederation(conf, tmp_path / "fed", tls_dir=tmp_path / "tls") as fed:
-        server = fed.server("--wait", "8")
+        server = fed.server("--wait", "30")  # long enough for the honest client to start on a cold machine
         _wait_for(server, "fedloom server: federation", 90)  # up: the stranger's first try meets the proxy
         honest = fed.client(2)
         impostor = fed.client(0, key=tmp_path / "tls" / "clients" / "1.key", name="impostor")  # client 1's key
