@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .aggregator_spec import AggregatorConfig, config_problem, parse_aggregator
+from .algorithm_spec import AlgorithmConfig, AlgorithmsGrid, algorithm_problem, parse_algorithm
 from .attack_spec import AttackConfig, RobustnessConfig
 from .config_files import check_values, one_line, read_config_file
 from .config_files import hint as _hint
@@ -89,6 +90,12 @@ class Config(_Section):
         description="NAME or {name, f | beta | m | max_norm | ...}: mean (the book's lambda rule if lambda is set, "
         "else FedAvg), median, trimmed_mean, krum, multikrum, bulyan, geomed, norm_clip (see aggregator_spec.py)",
     )
+    algorithm: AlgorithmConfig = Field(
+        default_factory=AlgorithmConfig,
+        description="NAME or {name, mu | server_lr | ...}: fedavg (default), fedprox, scaffold, fednova, fedavgm, "
+        "fedadam, fedyogi, fedadagrad (see algorithm_spec.py)",
+    )
+    algorithms: AlgorithmsGrid | None = Field(None, description="the grid of `experiment algorithms`")
     attack: AttackConfig | None = Field(None, description="simulated attackers (simulation only; fedloom.attacks)")
     robustness: RobustnessConfig | None = Field(None, description="the grid of `experiment robustness`")
     # the book's ch.15 keys: 15.3 uploads the top `rate` of layers, 15.5 a fixed random `prop` mask
@@ -119,6 +126,11 @@ class Config(_Section):
     @classmethod
     def _aggregator(cls, v: Any) -> Any:
         return parse_aggregator(v)
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, v: Any) -> Any:
+        return parse_algorithm(v)
 
     @field_validator("type")
     @classmethod
@@ -173,6 +185,15 @@ class Config(_Section):
         problem = config_problem(self.aggregator, self.k, self.upload_codec)
         if problem:
             raise ValueError(f"aggregator: {problem}")
+        problem = algorithm_problem(
+            self.algorithm,
+            lam=self.lambda_,
+            aggregator=self.aggregator.name,
+            secure=self.secure.method != "none",
+            privacy=self.privacy.enabled,
+        )
+        if problem:
+            raise ValueError(f"algorithm: {problem}")
         if self.attack is not None and self.attack.check(self.no_models):
             raise ValueError(self.attack.check(self.no_models))
         self._check_secure()

@@ -72,6 +72,14 @@ class RuntimeConfig(_Section):
     bn: Literal["fedavg", "fedbn"] = Field(
         "fedavg", description="BatchNorm state: fedavg averages it with the parameters; fedbn keeps it per client"
     )
+    stragglers: float = Field(
+        0.0, ge=0, lt=1, description="share of each cohort that cannot finish its local epochs this round"
+    )
+    straggler_work: Literal["auto", "drop", "partial"] = Field(
+        "auto",
+        description="drop: stragglers' work is discarded; partial: they send 1..E-1 epochs of work; "
+        "auto: partial for fedprox and fednova, drop for the others",
+    )
     tensorboard: bool = Field(False, description="log metrics, figures and config under the run folder's tb/")
 
 
