@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .aggregator_spec import AggregatorConfig, config_problem, parse_aggregator
-from .algorithm_spec import AlgorithmConfig, AlgorithmsGrid, algorithm_problem, parse_algorithm
+from .algorithm_spec import AlgorithmConfig, AlgorithmsGrid, algorithm_problem, keeps_partial_work, parse_algorithm
 from .attack_spec import AttackConfig, RobustnessConfig
 from .config_files import check_values, one_line, read_config_file
 from .config_files import hint as _hint
@@ -194,6 +194,13 @@ class Config(_Section):
         )
         if problem:
             raise ValueError(f"algorithm: {problem}")
+        rt = self.runtime
+        partial = keeps_partial_work(self.algorithm.name, rt.straggler_work)
+        if rt.stragglers > 0 and partial and self.local_epochs < 2:
+            raise ValueError(
+                "runtime.stragglers keep partial work (1..local_epochs−1 epochs), which needs local_epochs ≥ 2; "
+                "raise local_epochs or set runtime.straggler_work: drop"
+            )
         if self.attack is not None and self.attack.check(self.no_models):
             raise ValueError(self.attack.check(self.no_models))
         self._check_secure()

@@ -28,11 +28,12 @@ from typing import Protocol
 import torch
 
 from .channel import Channel
+from .local_algorithm import USES_STEPS, decode_vector, encode_vector, straggler_plan
 from .secure.guard import Contribution, KeyHolderRefusal
 from .secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate
 from .server import Server
 
-__all__ = ["Answer", "Replies", "Cohort", "SecureServer", "Round", "check_update"]
+__all__ = ["Answer", "Task", "Replies", "Cohort", "SecureServer", "Round", "check_update"]
 
 
 @dataclass
@@ -45,6 +46,17 @@ class Answer:
     train_loss: float
     stats: dict[str, float] = field(default_factory=dict)  # train_seconds, he_encrypt_seconds, clipped
     signature: bytes = b""  # secure aggregation over Flower: the client's signature of its ciphertexts
+    steps: int = 0  # local SGD steps taken (FedNova's and SCAFFOLD's server steps read it)
+    control: bytes = b""  # SCAFFOLD: the client's control-variate change Δc_i, float32
+
+
+@dataclass
+class Task:
+    """What the round asks of its cohort besides the broadcast model: each straggler's local epochs (a client
+    not named trains the configured ``local_epochs``) and SCAFFOLD's server control variate (float32 bytes)."""
+
+    epochs: dict[int, int] = field(default_factory=dict)
+    control: bytes = b""
 
 
 @dataclass
@@ -61,8 +73,8 @@ class Replies:
 class Cohort(Protocol):
     """How a runtime gets answers from the sampled clients."""
 
-    def train(self, rnd: int, clients: list[int], down: bytes) -> Replies:
-        """Send the broadcast payload ``down`` to ``clients``; their answers and failures."""
+    def train(self, rnd: int, clients: list[int], down: bytes, task: Task) -> Replies:
+        """Send the broadcast payload ``down`` and the ``task`` to ``clients``; their answers and failures."""
 
     def declared_samples(self, client: int) -> int:
         """The rows ``client`` declared when it was admitted (its answers may claim no more)."""
@@ -114,11 +126,15 @@ class Round:
         server, t0 = self.server, time.perf_counter()
         cohort = server.sample(rnd)
         down, _ = self.channel.down(server.global_vec, rnd)
-        replies = self.cohort.train(rnd, cohort, down)
-        failed = dict(replies.failed)
+        epochs, dropped = straggler_plan(self.cfg, rnd, cohort)
+        task = Task(epochs, self._control_down())
+        replies = self.cohort.train(rnd, [c for c in cohort if c not in dropped], down, task)
+        failed = dict(replies.failed) | {c: _DROPPED_STRAGGLER for c in dropped}
         answers = self._admissible(replies.answers, cohort, failed)
         self.clipped += int(sum(a.stats.get("clipped", 0) for a in answers))
-        bytes_up = sum(len(a.payload) for a in answers)  # the one place upload bytes are measured
+        # the one place transferred bytes are measured (a dropped straggler received the model too)
+        bytes_up = sum(len(a.payload) + len(a.control) for a in answers)
+        bytes_down = (len(down) + len(task.control)) * (replies.sent + len(dropped))
         extra: dict = {}
         if self.secure is None:
             kept = self._plain(rnd, answers, failed)
@@ -137,7 +153,7 @@ class Round:
             "accuracy": acc,
             "loss": loss,
             "bytes_up": bytes_up,
-            "bytes_down": len(down) * replies.sent,
+            "bytes_down": bytes_down,
             "seconds": time.perf_counter() - t0,
             "clients": [a.client for a in kept or []],
             "failed": {str(c): r for c, r in sorted(failed.items())},
@@ -158,8 +174,11 @@ class Round:
                 continue  # not asked, or answered twice: nobody to blame but the transport
             seen.add(a.client)
             declared = self.cohort.declared_samples(a.client)
+            most = self.cfg.local_epochs * declared  # batch size 1 over every declared row, every epoch
             if not 1 <= a.num_samples <= declared:
                 failed[a.client] = f"num_samples {a.num_samples} outside 1..{declared} (its declared rows)"
+            elif self.uses_steps and not 1 <= a.steps <= most:
+                failed[a.client] = f"steps {a.steps} outside 1..{most} (local_epochs × its declared rows)"
             elif self.secure is not None and self.secure.payload_bytes not in (None, len(a.payload)):
                 failed[a.client] = f"encrypted update of {len(a.payload)} bytes, expected {self.secure.payload_bytes}"
             else:
@@ -177,7 +196,7 @@ class Round:
     def _plain(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> list[Answer] | None:
         """Decode and check each update, then aggregate the good ones; None when the round is not applied."""
         layout, max_norm = self.channel.layout, self.cfg.runtime.max_update_norm
-        kept, values, present = [], [], []
+        kept, values, present, controls = [], [], [], []
         for a in answers:
             try:
                 (v,), p = self.channel.decode_up([a.payload], [a.client], rnd)  # [1, params]
@@ -189,6 +208,12 @@ class Round:
             if reason:
                 failed[a.client] = reason
                 continue
+            if self.algorithm == "scaffold":
+                try:
+                    controls.append(self._control_up(a))
+                except ValueError as e:
+                    failed[a.client] = str(e)
+                    continue
             kept.append(a)
             values.append(v)
             present.append(None if p is None else p[0])
@@ -203,7 +228,10 @@ class Round:
             self.server.global_vec = self.privacy.sum.step(rnd, self.server.global_vec, diffs, mask)
             return kept
         sizes = torch.tensor([a.num_samples for a in kept], dtype=torch.int64)
+        self._begin(kept)
         self.server.aggregate(diffs, sizes, mask)
+        if controls:  # SCAFFOLD's server control: c ← c + (1/N)·Σ Δc_i
+            self.server.aggregator.update_control(torch.stack(controls), self.cfg.no_models)
         return kept
 
     def _secure(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> tuple[list[Answer] | None, dict]:
@@ -248,6 +276,7 @@ class Round:
                 f"the decrypted total weight {state.result.weight} differs from the {expected:g} the clients declared"
             )
             return None, extra
+        self._begin(kept)
         server.global_vec = apply_aggregate(state, server.aggregator, server.global_vec, sec.weight_ref)
         return kept, extra
 
@@ -275,6 +304,38 @@ class Round:
             add_updates(state, self.secure.cipher)
         return state
 
+    # --- the algorithm's extras (algorithm section) ---------------------------------------------------
+    @property
+    def algorithm(self) -> str:
+        return self.cfg.algorithm.name
+
+    @property
+    def uses_steps(self) -> bool:
+        return self.algorithm in USES_STEPS
+
+    def _control_down(self) -> bytes:
+        """SCAFFOLD's server control variate ``c`` for this round's task (b"" for the other algorithms)."""
+        agg = self.server.aggregator
+        return encode_vector(agg.control) if self.algorithm == "scaffold" else b""
+
+    def _control_up(self, a: Answer) -> torch.Tensor:
+        """A client's Δc_i, checked as an update is (size, finiteness, norm)."""
+        size = self.channel.layout.size
+        delta = decode_vector(a.control, size, "control-variate change")
+        reason = check_update(delta, self.cfg.runtime.max_update_norm)
+        if reason:
+            raise ValueError(f"control-variate change: {reason}")
+        return delta
+
+    def _begin(self, kept: list[Answer]) -> None:
+        """FedNova: the round's effective step count τ_eff comes from the clients' reported local steps."""
+        agg = self.server.aggregator
+        if self.algorithm == "fednova":
+            from .algorithms.fednova import norm_factor
+
+            weights = [agg.weight(a.num_samples) for a in kept]
+            agg.begin_round(weights, [norm_factor(a.steps, self.cfg.momentum) for a in kept])
+
     # --- state across rounds ----------------------------------------------------------------------
     def state_dict(self, rnd: int) -> dict:
         """The server side of a checkpoint after round ``rnd`` (tensors and plain values only)."""
@@ -299,6 +360,9 @@ class Round:
         if self.privacy is not None and "dp_clip" in state:
             self.privacy.sum.clip = float(state["dp_clip"])
         return int(state["round"])
+
+
+_DROPPED_STRAGGLER = "straggler: its partial work is dropped (runtime.stragglers)"
 
 
 class KeyHolderError(Exception):

@@ -29,17 +29,18 @@ from .data import FedData, load_data
 from .device import resolve_device
 from .engines import make_engine
 from .guards import check_memory_limit, divergence, warn
+from .local_algorithm import LocalAlgorithm
 from .models import build_model
 from .params import Layout, flatten
 from .privacy.mechanism import privatize_update
 from .privacy.stage import summary as privacy_summary
-from .round import Answer, Replies, Round, SecureServer
+from .round import Answer, Replies, Round, SecureServer, Task
 from .secure import make_keyholder, make_server_cipher
 from .secure.guard import GuardedKeyHolder
 from .secure.secagg import SecAggState, encrypt_update
 from .server import Server
 from .threads import threads_summary, tune_threads
-from .training import LocalSpec
+from .training import CohortResult, LocalSpec
 
 __all__ = ["Federation", "LocalCohort", "RunResult", "run_federation"]
 
@@ -74,7 +75,7 @@ class LocalCohort:
     def key_holder(self, rnd: int):
         return self.fed.secure.holder
 
-    def train(self, rnd: int, clients: list[int], down: bytes) -> Replies:
+    def train(self, rnd: int, clients: list[int], down: bytes, task: Task) -> Replies:
         fed, cfg = self.fed, self.fed.cfg
         ctx = CodecContext(fed.layout, BROADCAST_ID, rnd, cfg.seed)
         received = fed.channel.down_codec.decode(down, ctx).values  # every client decodes the same broadcast
@@ -90,29 +91,51 @@ class LocalCohort:
                 alive.append(cid)
         if not alive:
             return Replies([], failed, len(clients))
-        res = fed.engine.train(fed.model, received, fed.data, alive, fed.spec, cfg.seed, rnd)
-        if cfg.privacy.enabled:  # DP-FedAvg's client side, before the upload codec (privacy/mechanism.py)
-            rows = [privatize_update(cfg.privacy, d, cfg.seed, rnd, c) for c, d in zip(alive, res.diffs)]
-            res.diffs = torch.stack(rows)
-        if fed.attack is not None:  # simulated attackers replace their updates here, before the upload (attacks/)
-            res = fed.attack.apply(
-                rnd, res, lambda d, cl: fed.engine.train(fed.model, received, d, cl, fed.spec, cfg.seed, rnd)
-            )
+        res, steps, controls = self._train_alive(rnd, received, alive, task)
         if fed.secure is None:
             payloads = fed.channel.up(res.diffs, alive, rnd)  # each client's codec (and error feedback)
             answers = [
-                Answer(c, p, int(n), float(loss))
-                for c, p, n, loss in zip(alive, payloads, res.num_samples, res.train_loss)
+                Answer(c, p, int(n), float(loss), steps=s, control=b)
+                for c, p, n, loss, s, b in zip(alive, payloads, res.num_samples, res.train_loss, steps, controls)
             ]
             return Replies(answers, failed, len(clients))
         answers = []
-        for c, d, n, loss in zip(alive, res.diffs, res.num_samples, res.train_loss):
+        for c, d, n, loss, s in zip(alive, res.diffs, res.num_samples, res.train_loss, steps):
             stats: dict = {}
             try:
-                answers.append(Answer(c, self._encrypt(rnd, c, d, int(n), stats), int(n), float(loss), stats))
+                payload = self._encrypt(rnd, c, d, int(n), stats)
+                answers.append(Answer(c, payload, int(n), float(loss), stats, steps=s))
             except ValueError as e:  # e.g. per-value Paillier refuses a non-finite update
                 failed[c] = f"cannot encrypt its update: {e}"
         return Replies(answers, failed, len(clients))
+
+    def _train_alive(self, rnd: int, received: torch.Tensor, alive: list[int], task: Task):
+        """Local training of the clients that answer, then their side of the algorithm: ``(CohortResult,
+        steps, control bytes)`` in ``alive``'s order. Stragglers with partial work train their own epochs
+        (one engine call per epoch count); the batch order of a client does not depend on its group."""
+        fed, cfg, algo = self.fed, self.fed.cfg, self.fed.algorithm
+        c = algo.server_control(task.control)
+        groups: dict[int, list[int]] = {}
+        for cid in alive:
+            groups.setdefault(task.epochs.get(cid, cfg.local_epochs), []).append(cid)
+        parts = []
+        for epochs, members in groups.items():
+            spec = algo.spec(fed.spec, epochs)
+            corr = algo.correction(members, c)
+            parts.append(fed.engine.train(fed.model, received, fed.data, members, spec, cfg.seed, rnd, correction=corr))
+        res = merge_results(parts, alive)
+        if cfg.privacy.enabled:  # DP-FedAvg's client side, before the upload codec (privacy/mechanism.py)
+            rows = [privatize_update(cfg.privacy, d, cfg.seed, rnd, c) for c, d in zip(alive, res.diffs)]
+            res.diffs = torch.stack(rows)
+        steps = [int(s) for s in res.steps]
+        outs = [algo.finish(cid, d, s, c) for cid, d, s in zip(alive, res.diffs, steps)]
+        res.diffs = torch.stack([d for d, _ in outs])
+        if fed.attack is not None:  # simulated attackers replace their updates here, before the upload (attacks/)
+            spec = algo.spec(fed.spec)
+            res = fed.attack.apply(
+                rnd, res, lambda d, cl: fed.engine.train(fed.model, received, d, cl, spec, cfg.seed, rnd)
+            )
+        return res, steps, [b for _, b in outs]
 
     def _encrypt(self, rnd: int, cid: int, diff: torch.Tensor, n: int, stats: dict) -> bytes:
         """The ENCRYPT stage on client ``cid``: ciphertexts of ``(w_i/w_ref)·diff`` and ``w_i``."""
@@ -127,10 +150,11 @@ class LocalCohort:
         """The clients' state that lives across rounds: error-feedback residuals, FedBN's local BatchNorm."""
         engine = self.fed.engine
         local = engine.state_dict() if hasattr(engine, "state_dict") else {}
-        return {"channel": self.fed.channel.state_dict(), "engine": local}
+        return {"channel": self.fed.channel.state_dict(), "engine": local, "algorithm": self.fed.algorithm.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.fed.channel.load_state_dict(state.get("channel", {}))
+        self.fed.algorithm.load_state_dict(state.get("algorithm", {}))
         if hasattr(self.fed.engine, "load_state_dict"):
             self.fed.engine.load_state_dict(state.get("engine", {}))
 
@@ -151,6 +175,7 @@ class Federation:
     round: Round | None = None
     cohort: LocalCohort | None = None
     attack: Attack | None = None  # simulated attackers (fedloom.attacks)
+    algorithm: LocalAlgorithm | None = None  # the clients' side of the algorithm section (SCAFFOLD's c_i)
 
     @classmethod
     def build(cls, cfg: Config, data: FedData | None = None) -> Federation:
@@ -160,7 +185,7 @@ class Federation:
         server = Server(
             model,
             flatten(model),
-            make_aggregator(cfg.lambda_, cfg.aggregator),
+            make_aggregator(cfg.lambda_, cfg.aggregator, cfg.algorithm),
             data.x_eval,
             data.y_eval,
             cfg.no_models,
@@ -193,6 +218,7 @@ class Federation:
             make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn), cfg.runtime.threads, device, server
         )
         fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
+        fed.algorithm = LocalAlgorithm(cfg, server.layout.size)
         fed.cohort = LocalCohort(fed)
         fed.round = Round(cfg, server, channel, fed.cohort, server_secure)
         fed.attack = make_attack(cfg, data, server)
@@ -220,6 +246,21 @@ class Federation:
         """Restore a :meth:`state_dict`; returns the round it was taken after."""
         self.cohort.load_state_dict(state.get("clients", {}))
         return self.round.load_state_dict(state)
+
+
+def merge_results(parts: list[CohortResult], order: list[int]) -> CohortResult:
+    """One cohort result from several engine calls (stragglers' groups), rows in ``order``'s client order."""
+    if len(parts) == 1 and parts[0].clients == order:
+        return parts[0]
+    where = {c: (p, i) for p in parts for i, c in enumerate(p.clients)}
+    rows = [where[c] for c in order]
+    return CohortResult(
+        clients=list(order),
+        diffs=torch.stack([p.diffs[i] for p, i in rows]),  # [clients, params]
+        num_samples=torch.stack([p.num_samples[i] for p, i in rows]),
+        train_loss=torch.stack([p.train_loss[i] for p, i in rows]),
+        steps=torch.stack([p.steps[i] for p, i in rows]),
+    )
 
 
 def weight_ref(cfg: Config, aggregator, data: FedData | None) -> float:

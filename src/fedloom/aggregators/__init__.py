@@ -34,9 +34,20 @@ __all__ = [
 AGGREGATORS = tuple(RULES)
 
 
-def make_aggregator(lam: float | None, spec: str | AggregatorConfig = "mean") -> Aggregator:
+def make_aggregator(lam: float | None, spec: str | AggregatorConfig = "mean", algorithm=None) -> Aggregator:
     """``mean``: the book's λ rule when ``lambda`` is configured, else FedAvg weighted by sample counts;
-    the others are the robust rules named in aggregator_spec.py (``spec``: a name or the config section)."""
+    the others are the robust rules named in aggregator_spec.py (``spec``: a name or the config section).
+    ``algorithm`` (the config's ``algorithm`` section) puts its server step around the rule: a FedOpt server
+    optimizer, FedNova's normalized average, SCAFFOLD's server (fedloom.algorithms)."""
+    rule = _rule(lam, spec)
+    if algorithm is None or algorithm.name in ("fedavg", "fedprox"):
+        return rule
+    from ..algorithms import make_server_algorithm
+
+    return make_server_algorithm(rule, algorithm)
+
+
+def _rule(lam: float | None, spec: str | AggregatorConfig) -> Aggregator:
     if isinstance(spec, str):
         spec = AggregatorConfig(name=spec)
     name = spec.name

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from flwr.app import Message
 
-from ..round import Answer, KeyHolderError, Replies
+from ..round import Answer, KeyHolderError, Replies, Task
 from ..secure.base import Decrypted
 from .protocol import ProtocolError, unpack
 
@@ -121,7 +121,7 @@ class RemoteCohort:
     def key_holder(self, rnd: int) -> RemoteKeyHolder:
         return RemoteKeyHolder(self.coord, rnd)
 
-    def train(self, rnd: int, cohort: list[int], down: bytes) -> Replies:
+    def train(self, rnd: int, cohort: list[int], down: bytes, task: Task) -> Replies:
         coord, t0 = self.coord, time.perf_counter()
         coord._wait_for(rnd, cohort, first=rnd == coord.start_round)
         t_send = time.perf_counter()
@@ -129,8 +129,12 @@ class RemoteCohort:
         failed = {c: "not connected" for c in cohort if c not in active}
         targets = [c for c in cohort if c in active]
         ttl = (coord.timeout or _NO_TIMEOUT_TTL) + 30.0
-        fields = {"round": rnd, "payload": down}
-        msgs = [coord._message("train", active[c], fields, ttl, str(rnd)) for c in targets]
+        epochs = coord.cfg.local_epochs
+        fields = {"round": rnd, "payload": down, "control": task.control}
+        msgs = [
+            coord._message("train", active[c], {**fields, "epochs": task.epochs.get(c, epochs)}, ttl, str(rnd))
+            for c in targets
+        ]
         sent: dict[str, int] = {}
         for c, mid in zip(targets, coord.grid.push_messages(msgs) if msgs else []):
             if mid:
@@ -152,7 +156,8 @@ class RemoteCohort:
                 continue
             coord.book.seen(cid)
             stats = {k: f[k] for k in ("train_seconds", "he_encrypt_seconds", "clipped")}
-            answers.append(Answer(cid, f["payload"], f["num_samples"], f["train_loss"], stats, f["signature"]))
+            n, loss, sig = f["num_samples"], f["train_loss"], f["signature"]
+            answers.append(Answer(cid, f["payload"], n, loss, stats, sig, f["steps"], f["control"]))
         row = {
             "wait_seconds": t_send - t0,
             "exchange_seconds": t_back - t_send,

@@ -15,11 +15,14 @@ Kinds and Flower message types:
   the secret key (``key_holder``), its ``signature`` of (nonce, node id, client id, config hash) with its
   client key (``identity.py``; empty without one) and, when it refuses a different config, its own
   ``federation_json`` (its config minus per-machine fields) so that the server's log can name the fields.
-- ``train`` (``train``): round number and the broadcast payload of the global model; the client answers with
-  its codec payload of ``local − global`` — or, under secure aggregation, the ciphertexts of
-  ``(w_i/w_ref)·(local − global)`` and ``w_i`` (``w_ref``: ``secure.weight_ref``, a config constant), with
-  ``he_encrypt_seconds``, the count of ``clipped`` values and its ``signature`` over them
-  (``secure/guard.py``'s message) — sample count and training loss, or ``ok=False`` and a reason.
+- ``train`` (``train``): round number, the broadcast payload of the global model, the local ``epochs`` this client
+  trains this round (fewer than ``local_epochs`` for a straggler keeping partial work) and, under SCAFFOLD, the
+  server's control variate ``control`` (float32, else empty). The client answers with its codec payload of
+  ``local − global`` (FedNova: divided by its normalization factor) — or, under secure aggregation, the
+  ciphertexts of ``(w_i/w_ref)·(local − global)`` and ``w_i`` (``w_ref``: ``secure.weight_ref``, a config
+  constant), with ``he_encrypt_seconds``, the count of ``clipped`` values and its ``signature`` over them
+  (``secure/guard.py``'s message) — its local ``steps``, its ``control`` change (SCAFFOLD's Δc_i, float32,
+  else empty), sample count and training loss, or ``ok=False`` and a reason.
 - ``decrypt`` (``query.decrypt``, secure aggregation): a round's contributions — parallel lists of client ids,
   declared sample counts, ciphertexts and signatures — for ``length`` values, sent to one key-holder client;
   it checks them, adds them itself and answers with the decrypted sums (``values``: float64 little-endian,
@@ -35,14 +38,14 @@ from flwr.app import ConfigRecord, RecordDict
 
 __all__ = ["VERSION", "MESSAGE_TYPES", "ProtocolError", "pack", "unpack", "kind_of"]
 
-VERSION = 4  # 2: secure aggregation fields; 3: authenticated hello; 4: signed contributions, the key holder adds them
+VERSION = 5  # 2: secure aggregation; 3: authenticated hello; 4: signed contributions; 5: the algorithm's fields
 RECORD = "fedloom"
 MESSAGE_TYPES = {"hello": "query.hello", "train": "train", "decrypt": "query.decrypt", "finish": "query.finish"}
 
 _COMMON = {"v": int, "config_hash": str}
 _REQUESTS: dict[str, dict[str, type]] = {
     "hello": {**_COMMON, "classes": list, "key_fingerprint": str, "nonce": bytes, "node_id": str},
-    "train": {**_COMMON, "round": int, "payload": bytes},
+    "train": {**_COMMON, "round": int, "payload": bytes, "epochs": int, "control": bytes},
     "decrypt": {
         **_COMMON,
         "round": int,
@@ -83,6 +86,8 @@ _REPLIES: dict[str, dict[str, type]] = {
         "he_encrypt_seconds": float,
         "clipped": int,
         "signature": bytes,
+        "steps": int,
+        "control": bytes,
     },
     "decrypt": {
         **_COMMON,

@@ -43,6 +43,7 @@ from ..config import Config
 from ..data import FedData, Partition, load_data
 from ..data.datasets import read_csv, standardize
 from ..errors import DataError, FedloomError
+from ..local_algorithm import LocalAlgorithm
 from ..models import build_model
 from ..params import Layout, flatten
 from ..privacy.mechanism import privatize_update
@@ -92,8 +93,9 @@ class ClientWorker:
         self.finished = threading.Event()
         self.last_message = time.monotonic()
         self.rounds_trained = 0
-        self._ef_round, self._ef_before = -1, {}
-        self.aggregator = make_aggregator(cfg.lambda_, cfg.aggregator)
+        self._ef_round, self._ef_before, self._algo_before = -1, {}, {}
+        self.algorithm: LocalAlgorithm | None = None  # the client's side of the algorithm section (_setup)
+        self.aggregator = make_aggregator(cfg.lambda_, cfg.aggregator, cfg.algorithm)
         # public key (and the secret key on a key holder) from secure.key_dir; None without secure aggregation
         self.secure = load_client_side(cfg) if cfg.secure.method != "none" else None
         self.registry: identity.Registry | None = None  # a key holder's list of the clients' public keys
@@ -114,6 +116,7 @@ class ClientWorker:
             cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed
         )
         self.layout = Layout.from_model(self.model)
+        self.algorithm = LocalAlgorithm(cfg, self.layout.size)
         self.client = Client(self.id, data, cfg.runtime.client_memory_mb)
         self.channel = Channel(
             cfg.upload_codec, cfg.compression.down, cfg.compression.error_feedback, self.layout, cfg.seed
@@ -233,9 +236,13 @@ class ClientWorker:
             "he_encrypt_seconds": 0.0,
             "clipped": 0,
             "signature": b"",
+            "steps": 0,
+            "control": b"",
         }
         if req["config_hash"] != self.hash:
             return {**out, "reason": "config hash differs from this client's"}
+        if not 1 <= req["epochs"] <= self.cfg.local_epochs:
+            return {**out, "reason": f"epochs {req['epochs']} outside 1..{self.cfg.local_epochs} (local_epochs)"}
         report = self.client.check_resources(self.layout.size, self.spec)
         if not report.ok:
             return {**out, "reason": f"refused: {report.reason}"}
@@ -250,7 +257,23 @@ class ClientWorker:
                 **out,
                 "reason": f"global model has {global_vec.numel()} values, this client's model {self.layout.size}",
             }
-        update = self.client.local_train(self.model, global_vec, self.spec, self.cfg.seed, rnd)
+        if self._ef_round == rnd:  # the same round again (server resumed): undo the first attempt's client state
+            self.channel.load_state_dict(self._ef_before)
+            self.algorithm.load_state_dict(self._algo_before)
+        else:
+            self._ef_round, self._ef_before = rnd, self.channel.state_dict()
+            self._algo_before = self.algorithm.state_dict()
+        try:
+            c = self.algorithm.server_control(req["control"])
+        except ValueError as e:
+            return {**out, "reason": f"cannot use the server's control variate: {e}"}
+        correction = self.algorithm.correction([self.id], c)
+        spec = self.algorithm.spec(self.spec, req["epochs"])
+        update = self.client.local_train(
+            self.model, global_vec, spec, self.cfg.seed, rnd, None if correction is None else correction[0]
+        )
+        update.diff, control = self.algorithm.finish(self.id, update.diff, update.steps, c)
+        out.update(steps=update.steps, control=control)
         if self.cfg.privacy.enabled:  # DP-FedAvg's client side; local noise from OS entropy, unknown to the server
             update.diff = privatize_update(self.cfg.privacy, update.diff, self.cfg.seed, rnd, self.id, fresh=True)
         if self.secure is not None:
@@ -259,10 +282,6 @@ class ClientWorker:
             except ValueError as e:  # e.g. per-value Paillier refuses a non-finite update
                 return {**out, "reason": f"cannot encrypt its update: {e}"}
             return {**out, **encrypted, "train_seconds": time.perf_counter() - t0}
-        if self._ef_round == rnd:  # the same round again (server resumed): undo the first attempt's residual
-            self.channel.load_state_dict(self._ef_before)
-        else:
-            self._ef_round, self._ef_before = rnd, self.channel.state_dict()
         (payload,) = self.channel.up(update.diff[None], [self.id], rnd)  # [1, params] → one payload
         self.rounds_trained += 1
         return {
