@@ -69,7 +69,7 @@ def test_hash_ignores_per_process_fields_and_sees_federation_fields():
 
 # --- protocol ---------------------------------------------------------------------------------------
 def test_protocol_round_trip_and_rejections():
-    fields = {"config_hash": "abc", "round": 3, "payload": b"\x00\x01"}
+    fields = {"config_hash": "abc", "round": 3, "payload": b"\x00\x01", "epochs": 2, "control": b""}
     assert unpack("train", pack("train", fields)) == {"v": VERSION, **fields}
     with pytest.raises(ProtocolError, match="missing field"):
         pack("train", {"config_hash": "abc", "round": 3})
@@ -120,7 +120,14 @@ def test_worker_trains_like_the_core_client_and_repeats_a_round_exactly():
     fed = Federation.build(cfg)
     worker = ClientWorker(cfg, 1, log=lambda s: None)
     down, received = fed.channel.down(fed.server.global_vec, 4)
-    req = {"v": VERSION, "config_hash": config_hash(cfg), "round": 4, "payload": down}
+    req = {
+        "v": VERSION,
+        "config_hash": config_hash(cfg),
+        "round": 4,
+        "payload": down,
+        "epochs": cfg.local_epochs,
+        "control": b"",
+    }
     first = worker.handle("train", req)
     assert first["ok"] and first["num_samples"] == fed.clients[1].num_samples
     # the same numbers as the core Client and Channel of the simulation
@@ -161,7 +168,9 @@ def test_worker_with_its_own_csv_file(tmp_path):
     assert hello["ok"] and hello["num_samples"] == len(idx)
     assert torch.equal(worker.data.y_train, torch.from_numpy(y))  # labels numbered as the server's classes
     down, _ = fed.channel.down(fed.server.global_vec, 1)
-    reply = worker.handle("train", {"config_hash": worker.hash, "round": 1, "payload": down})
+    reply = worker.handle(
+        "train", {"config_hash": worker.hash, "round": 1, "payload": down, "epochs": cfg.local_epochs, "control": b""}
+    )
     assert reply["ok"] and np.isfinite(reply["train_loss"])
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c,d,label\n1,2,3,4,tulip\n", encoding="utf-8")
@@ -240,7 +249,7 @@ def test_secure_worker_round_equals_the_simulated_secure_round(keys, method):
     assert {w.key_fingerprint for w in workers} == {server.fingerprint}
     w_ref, h = fed.secure.weight_ref, config_hash(holder_cfg)
     down, _ = fed.channel.down(fed.server.global_vec, 1)
-    train = {"v": VERSION, "config_hash": h, "round": 1, "payload": down}
+    train = {"v": VERSION, "config_hash": h, "round": 1, "payload": down, "epochs": 3, "control": b""}
     replies = [w.handle("train", train) for w in workers]
     assert all(r["ok"] and len(r["payload"]) == server.payload_bytes for r in replies)
     state = SecAggState(1, [0, 1, 2], payloads={c: r["payload"] for c, r in enumerate(replies)})

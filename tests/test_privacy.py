@@ -240,7 +240,17 @@ def test_deployed_worker_clips_before_encoding_like_the_simulated_client():
     fed = Federation.build(cfg)
     worker = ClientWorker(cfg, 1, log=lambda s: None)
     down, received = fed.channel.down(fed.server.global_vec, 2)
-    reply = worker.handle("train", {"v": VERSION, "config_hash": config_hash(cfg), "round": 2, "payload": down})
+    reply = worker.handle(
+        "train",
+        {
+            "v": VERSION,
+            "config_hash": config_hash(cfg),
+            "round": 2,
+            "payload": down,
+            "epochs": cfg.local_epochs,
+            "control": b"",
+        },
+    )
     assert reply["ok"]
     (sent,), _ = fed.channel.decode_up([reply["payload"]], [1], 2)
     update = fed.clients[1].local_train(fed.model, received, fed.spec, cfg.seed, 2)

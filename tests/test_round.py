@@ -32,8 +32,8 @@ class Tamper:
     def key_holder(self, rnd):
         return self.inner.key_holder(rnd)
 
-    def train(self, rnd, clients, down):
-        rep = self.inner.train(rnd, clients, down)
+    def train(self, rnd, clients, down, task):
+        rep = self.inner.train(rnd, clients, down, task)
         answers = [self.change(a) if a.client == 0 else a for a in rep.answers]
         return Replies([a for a in answers if a is not None] + getattr(self, "more", []), rep.failed, rep.sent)
 
