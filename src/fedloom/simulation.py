@@ -323,6 +323,7 @@ def summarize(fed: Federation, rows: list[dict], wall_seconds: float, cfg: Confi
         "engine": fed.engine.name,
         **threads_summary(fed.engine),
         "aggregator": fed.server.aggregator.name,
+        "algorithm": cfg.algorithm.label(),
         "compression_up": fed.channel.name,
         "compression_down": fed.channel.down_codec.name,
         "client_failures": sum(len(r["failed"]) for r in rows),
