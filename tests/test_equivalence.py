@@ -53,7 +53,7 @@ def _identical(tmp_path, raw: dict, sim_raw: dict | None = None, holder_dir=None
     ref_rows, ref_vec = _simulated(sim_raw or raw)
     assert len(rows) == len(ref_rows) == raw["global_epochs"]
     for mine, ref in zip(rows, ref_rows, strict=True):
-        for key in ("round", "accuracy", "loss", "bytes_up", "clients", "applied"):
+        for key in ("round", "accuracy", "loss", "bytes_up", "bytes_down", "clients", "applied", "failed"):
             assert mine[key] == ref[key], (key, mine, ref)
     assert torch.equal(vec, ref_vec)  # the global vector after the last round, bit for bit
 
@@ -70,6 +70,27 @@ def test_compressed_with_error_feedback_deployed_equals_simulated(tmp_path):
 
 @pytest.mark.slow
 def test_packed_paillier_deployed_equals_simulated(tmp_path):
+    _identical_paillier(tmp_path, BASE)
+
+
+@pytest.mark.slow
+def test_fednova_with_stragglers_under_paillier_deployed_equals_simulated(tmp_path):
+    # FedNova's normalized updates are encrypted; the server's step reads the clients' reported steps
+    _identical_paillier(tmp_path, {**BASE, "algorithm": "fednova", "runtime": {**BASE["runtime"], "stragglers": 0.34}})
+
+
+@pytest.mark.slow
+def test_scaffold_with_partial_stragglers_and_a_compressed_upload_deployed_equals_simulated(tmp_path):
+    runtime = {**BASE["runtime"], "stragglers": 0.34, "straggler_work": "partial"}
+    _identical(tmp_path, {**BASE, "algorithm": "scaffold", "runtime": runtime, "compression": {"up": "q8"}})
+
+
+@pytest.mark.slow
+def test_fedadam_deployed_equals_simulated(tmp_path):
+    _identical(tmp_path, {**BASE, "algorithm": {"name": "fedadam", "server_lr": 0.05}})
+
+
+def _identical_paillier(tmp_path, base: dict) -> None:
     keys = tmp_path / "keys"
     assert main(["keygen", str(keys / "holder"), "--key-bits", "1024", "--allow-weak-keys"]) == 0
     (keys / "public").mkdir()
@@ -77,6 +98,6 @@ def test_packed_paillier_deployed_equals_simulated(tmp_path):
     assert main(["certs", str(keys / "tls"), "--clients", "3"]) == 0  # signed contributions need client keys
     (keys / "holder" / "clients.json").write_bytes((keys / "tls" / "clients.json").read_bytes())
     secure = {"method": "paillier", "key_bits": 1024, "allow_weak_keys": True, "clip": 2.0, "weight_ref": 40.0}
-    raw = {**BASE, "secure": {**secure, "key_dir": str(keys / "public")}}
-    sim = {**BASE, "secure": {**secure, "key_dir": str(keys / "holder")}}
+    raw = {**base, "secure": {**secure, "key_dir": str(keys / "public")}}
+    sim = {**base, "secure": {**secure, "key_dir": str(keys / "holder")}}
     _identical(tmp_path, raw, sim, holder_dir=keys / "holder", tls_dir=keys / "tls")
