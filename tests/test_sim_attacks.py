@@ -90,7 +90,8 @@ def test_backdoor_accuracy_counts_triggered_rows_not_of_the_target():
 
 
 def _result(diffs, clients):
-    return CohortResult(clients, diffs, torch.ones(len(clients), dtype=torch.int64), torch.zeros(len(clients)))
+    ones = torch.ones(len(clients), dtype=torch.int64)
+    return CohortResult(clients, diffs, ones, torch.zeros(len(clients)), ones)
 
 
 def test_apply_replaces_only_attackers_from_start_round():

@@ -97,7 +97,7 @@ def test_training_never_writes_into_the_global_vector(iris_cfg):
     fed = Federation.build(iris_cfg)
     g = fed.server.global_vec.clone()
     idx = fed.data.client_indices(0)
-    diff, _ = train_one(fed.model, g, fed.data.x_train[idx], fed.data.y_train[idx], LocalSpec(2, 4, 0.1, 0.9), 5)
+    diff, _, _ = train_one(fed.model, g, fed.data.x_train[idx], fed.data.y_train[idx], LocalSpec(2, 4, 0.1, 0.9), 5)
     assert torch.equal(g, fed.server.global_vec) and diff.abs().sum() > 0
 
 

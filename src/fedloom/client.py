@@ -39,6 +39,7 @@ class Update:
     diff: torch.Tensor  # [params] local − global
     num_samples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    steps: int = 0  # SGD steps of its local training (FedNova's τ_i, SCAFFOLD's K)
 
 
 def _usable_cpus() -> int:
@@ -84,15 +85,25 @@ class Client:
             return ResourceReport(False, cpus, free, need, f"needs {need:.3g} MB, {free:.3g} MB free")
         return ResourceReport(True, cpus, free, need)
 
-    def local_train(self, model: nn.Module, global_vec: torch.Tensor, spec: LocalSpec, seed: int, round: int) -> Update:
-        """Train a copy of the global model on this client's rows (the reference path; see training.py)."""
+    def local_train(
+        self,
+        model: nn.Module,
+        global_vec: torch.Tensor,
+        spec: LocalSpec,
+        seed: int,
+        round: int,
+        correction: torch.Tensor | None = None,
+    ) -> Update:
+        """Train a copy of the global model on this client's rows (the reference path; see training.py), with
+        FedProx's ``spec.mu`` and SCAFFOLD's ``correction`` ``[params]`` (``c − c_i``) when given."""
         idx = self.data.client_indices(self.id)
-        diff, loss = train_one(
+        diff, loss, steps = train_one(
             model,
             global_vec,
             self.data.x_train[idx],
             self.data.y_train[idx],
             spec,
             client_seed(seed, round, self.id),
+            correction=correction,
         )
-        return Update(self.id, diff, len(idx), {"train_loss": loss})
+        return Update(self.id, diff, len(idx), {"train_loss": loss}, steps)

@@ -178,15 +178,19 @@ class VmapKernel:
 
 
 def sgd_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], spec: LocalSpec):
-    """torch.optim.SGD's update on stacked tensors, in place: ``buf ← μ·buf + g; p ← p − lr·buf``.
+    """torch.optim.SGD's update on stacked tensors, in place: ``buf ← m·buf + g; p ← p − lr·buf``, where
+    ``g`` gains FedProx's ``μ·p`` (``spec.mu``, as SGD's weight decay; the caller adds ``−μ·w_t``).
 
     Uses the fused kernel behind ``torch.optim.SGD(fused=True)`` (one pass over memory instead of three;
     it may round the last bit differently, ~1e-8) when this torch has it."""
     if _FUSED_SGD is not None:
         bufs = bufs if spec.momentum else []  # the fused kernel wants no buffers without momentum
-        _FUSED_SGD(params, grads, bufs, weight_decay=0.0, momentum=spec.momentum, lr=spec.lr, dampening=0.0,
+        _FUSED_SGD(params, grads, bufs, weight_decay=spec.mu, momentum=spec.momentum, lr=spec.lr, dampening=0.0,
                    nesterov=False, maximize=False, is_first_step=False)  # fmt: skip
-    elif spec.momentum:
+        return
+    if spec.mu:
+        torch._foreach_add_(grads, params, alpha=spec.mu)
+    if spec.momentum:
         torch._foreach_mul_(bufs, spec.momentum)
         torch._foreach_add_(bufs, grads)
         torch._foreach_add_(params, bufs, alpha=-spec.lr)

@@ -11,9 +11,13 @@ the readable reference, :class:`fedloom.training.SequentialEngine` (to float rou
   clients are a prefix ``[:active[t]]`` of the stacked tensors: a client that has finished is simply not
   touched. Short batches are padded to ``batch_size`` with weight 0, and each real row has weight
   ``1/b`` (``b`` real rows), so the loss is the mean over the real rows, as ``F.cross_entropy``.
-- **Optimizer.** ``torch.optim.SGD`` with momentum μ, no dampening/Nesterov/weight decay:
-  ``buf ← μ·buf + g`` (``buf = g`` on the first step: buffers start at 0 and every client starts at step 0),
+- **Optimizer.** ``torch.optim.SGD`` with momentum m, no dampening/Nesterov/weight decay:
+  ``buf ← m·buf + g`` (``buf = g`` on the first step: buffers start at 0 and every client starts at step 0),
   ``p ← p − lr·buf``.
+- **Local terms** (:mod:`fedloom.training`: FedProx's ``μ·(w − w_t)``, SCAFFOLD's ``c − c_i``) are added to
+  the gradients before that update as ``g + (c − c_i − μ·w_t) + μ·w``: the first bracket is one stacked
+  tensor per chunk, added by one ``_foreach_add_`` per step, and ``μ·w`` is SGD's weight decay, which the
+  fused kernel applies in its pass. Without local terms a step runs no extra kernel.
 
 Two ways to compute a step's gradients (:mod:`fedloom.engine_kernels`):
 
@@ -46,7 +50,7 @@ from .device import on_device
 from .engine_kernels import LinearKernel, VmapKernel, fast_stack, sgd_
 from .errors import ConfigError
 from .params import state_tensors
-from .training import CohortResult, LocalSpec, check_local, client_seed, has_batchnorm
+from .training import CohortResult, LocalSpec, check_correction, check_local, client_seed, has_batchnorm
 
 __all__ = ["VectorizedEngine", "supports", "linear_stack"]
 
@@ -149,23 +153,52 @@ def _segments(plan: _Plan, row_bytes: int) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------------------------- engine
+def _stack(model: nn.Module, start: torch.Tensor, C: int) -> list[torch.Tensor]:
+    """``[clients, *shape]`` copies (never views) of the model's tensors in Layout order (params, then float
+    buffers), from ``start``: one flat vector ``[params]`` for every client, or one row per client."""
+    state, first = [], 0
+    for t in state_tensors(model):
+        if start.dim() == 1:
+            state.append(start[first : first + t.numel()].view(t.shape).expand(C, *t.shape).clone())
+        else:
+            state.append(start[:, first : first + t.numel()].reshape(C, *t.shape).clone())
+        first += t.numel()
+    return state
+
+
+def _shifts(
+    params: list[torch.Tensor], global_vec: torch.Tensor, mu: float, correction: torch.Tensor | None
+) -> list[torch.Tensor] | None:
+    """Per parameter ``[clients, *shape]``: ``correction − μ·w_t``, the part of the local terms that does not
+    change during training (module docstring); None when there are no local terms."""
+    if not mu and correction is None:
+        return None
+    out, first = [], 0
+    for p in params:  # p: [clients, *shape]
+        size, shape = p[0].numel(), p.shape
+        w_t = global_vec[first : first + size].view(shape[1:]).expand(shape)
+        if correction is None:
+            out.append(w_t * -mu)
+        else:
+            out.append(correction[:, first : first + size].reshape(shape).sub(w_t, alpha=mu))
+        first += size
+    return out
+
+
 def _train_chunk(
     model: nn.Module, global_vec: torch.Tensor, data: FedData, clients: list[int], spec: LocalSpec, seed: int,
     round: int, starts: torch.Tensor | None = None, device: torch.device | None = None,
+    correction: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Train ``clients`` (sorted by steps, most first) in lock step from ``global_vec`` (or from the rows of
-    ``starts`` ``[clients, params]``, in the same order) on ``device`` (where ``global_vec`` is);
+    ``starts`` ``[clients, params]``, in the same order) on ``device`` (where ``global_vec`` is), with the
+    local terms of ``spec.mu`` and ``correction`` ``[clients, params]`` (same order);
     ``(diffs [clients, params] vs global_vec, loss sums)``."""
     C, B, device = len(clients), spec.batch_size, device or global_vec.device
-    state, first = [], 0
-    for t in state_tensors(model):  # [clients, *shape] copies (params, then float buffers), never views
-        if starts is None:
-            state.append(global_vec[first : first + t.numel()].view(t.shape).expand(C, *t.shape).clone())
-        else:
-            state.append(starts[:, first : first + t.numel()].reshape(C, *t.shape).clone())
-        first += t.numel()
+    state = _stack(model, global_vec if starts is None else starts, C)
     num_params = len(list(model.parameters()))
     params, buffers = state[:num_params], state[num_params:]  # buffers: BatchNorm running statistics
+    shifts = _shifts(params, global_vec, spec.mu, correction)  # None without local terms
     grads = [torch.empty_like(p) for p in params]
     bufs = [torch.zeros_like(p) for p in params]
     if fast_stack(model) is not None:
@@ -183,9 +216,12 @@ def _train_chunk(
         for t in range(first, last):
             a, lo, hi = plan.active[t], plan.offsets[t], plan.offsets[t + 1]
             if a not in views:
-                views[a] = (kernel.views(a), [p[:a] for p in params], [g[:a] for g in grads], [b[:a] for b in bufs])
-            v, p_a, g_a, b_a = views[a]
+                s_a = None if shifts is None else [s[:a] for s in shifts]
+                views[a] = (kernel.views(a), *([t[:a] for t in ts] for ts in (params, grads, bufs)), s_a)
+            v, p_a, g_a, b_a, s_a = views[a]
             kernel(v, x_seg[lo - base : hi - base], plan.y[lo:hi], plan.weight[lo:hi], logp_y[lo:hi])
+            if s_a is not None:
+                torch._foreach_add_(g_a, s_a)  # c − c_i − μ·w_t; sgd_ adds μ·w as weight decay
             sgd_(p_a, g_a, b_a, spec)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch
@@ -233,13 +269,17 @@ class VectorizedEngine:
         self.chunk = chunk
         self.device: torch.device | None = None  # runtime.device, set by fedloom.device.use_device; None: CPU
 
-    def chunks(self, model: nn.Module, data: FedData, clients: list[int], spec: LocalSpec) -> list[list[int]]:
-        """Split ``clients`` (sorted by steps, most first) into consecutive chunks that fit the budget."""
+    def chunks(
+        self, model: nn.Module, data: FedData, clients: list[int], spec: LocalSpec, terms: bool = False
+    ) -> list[list[int]]:
+        """Split ``clients`` (sorted by steps, most first) into consecutive chunks that fit the budget
+        (``terms``: local terms hold two more model-sized vectors per client, the correction and shift)."""
         if self.chunk is not None:
             return [clients[i : i + self.chunk] for i in range(0, len(clients), self.chunk)]
         num_params = sum(t.numel() for t in state_tensors(model))
         act = _activations_per_row(model, data.num_features)
-        fixed = (4 * num_params + _ACT_COPIES * spec.batch_size * act) * _F32  # params, grad, buf, diff; acts
+        vectors = 6 if terms else 4  # params, grad, buf, diff (and correction, shift)
+        fixed = (vectors * num_params + _ACT_COPIES * spec.batch_size * act) * _F32  # and activations
         slots = spec.epochs * (data.partition.sizes()[clients] // spec.batch_size + 1)  # [clients] ≥ batches
         need = fixed + slots * spec.batch_size * _SLOT_BYTES  # [clients] bytes
         if need.sum() + _GATHER_BYTES <= _SMALL_BYTES:
@@ -267,14 +307,17 @@ class VectorizedEngine:
         seed: int,
         round: int,
         starts: torch.Tensor | None = None,
+        correction: torch.Tensor | None = None,
     ) -> CohortResult:
-        """As :meth:`fedloom.training.SequentialEngine.train` (``starts``: per-client start vectors)."""
+        """As :meth:`fedloom.training.SequentialEngine.train` (``starts``: per-client start vectors;
+        ``correction``: per-client SCAFFOLD corrections ``[clients, params]``)."""
         if not supports(model):
             raise ConfigError(
                 f"runtime.engine: vectorized cannot reproduce {type(model).__name__} (dropout, or buffers such as "
                 "BatchNorm statistics outside a Linear/BatchNorm1d/ReLU stack); use engine auto or sequential"
             )
         check_local(model, spec)
+        check_correction(correction, (len(clients), global_vec.numel()))
         sizes = data.partition.sizes()[clients]
         per_epoch = torch.from_numpy(steps_per_epoch(sizes, spec.batch_size, has_batchnorm(model)))  # [clients]
         n = torch.from_numpy(sizes).long()  # [clients]
@@ -283,10 +326,12 @@ class VectorizedEngine:
         diffs = torch.zeros(len(clients), global_vec.numel())  # [clients, params] in the caller's order
         loss_sum = torch.zeros(len(clients), dtype=torch.float64)
         done, device = 0, self.device or torch.device("cpu")
-        for chunk in self.chunks(model, data, [clients[i] for i in order], spec):
+        terms = bool(spec.mu) or correction is not None
+        for chunk in self.chunks(model, data, [clients[i] for i in order], spec, terms):
             pos = torch.tensor(order[done : done + len(chunk)], dtype=torch.int64)
             start = None if starts is None else starts[pos].to(device)
-            d, loss = _train_chunk(model, global_vec.to(device), data, chunk, spec, seed, round, start, device)
+            corr = None if correction is None else correction[pos].to(device)
+            d, loss = _train_chunk(model, global_vec.to(device), data, chunk, spec, seed, round, start, device, corr)
             diffs[pos], loss_sum[pos] = d.cpu(), loss.cpu()  # the wire is on the CPU: one copy per chunk
             done += len(chunk)
         return CohortResult(
@@ -294,4 +339,5 @@ class VectorizedEngine:
             diffs=diffs,
             num_samples=n,
             train_loss=(loss_sum / rows.clamp_min(1)).float(),
+            steps=per_epoch * spec.epochs,
         )

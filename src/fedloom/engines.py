@@ -1,6 +1,7 @@
 """Choosing a cohort engine (``runtime.engine``) and keeping BatchNorm local to clients (``runtime.bn``).
 
-Engines train a cohort: ``engine.train(model, global_vec, data, clients, spec, seed, round) -> CohortResult``
+Engines train a cohort: ``engine.train(model, global_vec, data, clients, spec, seed, round, starts=None,
+correction=None) -> CohortResult``
 (:class:`fedloom.training.SequentialEngine` is the reference, :class:`fedloom.engine_vectorized.VectorizedEngine`
 the fast one). This module builds one from the config, and wraps it for FedBN.
 
@@ -57,17 +58,31 @@ class LocalNorm:
         return self.engine.name
 
     def train(
-        self, model: nn.Module, global_vec: torch.Tensor, data, clients: list[int], spec, seed: int, round: int
+        self,
+        model: nn.Module,
+        global_vec: torch.Tensor,
+        data,
+        clients: list[int],
+        spec,
+        seed: int,
+        round: int,
+        starts: torch.Tensor | None = None,
+        correction: torch.Tensor | None = None,
     ) -> CohortResult:
+        """Train from ``starts`` (default: ``global_vec`` for every client) with each client's own BatchNorm
+        entries put in; FedProx's term stays anchored at ``global_vec`` and ``correction`` passes through."""
         if self._mask is None:
             self._mask = norm_mask(model)
             if not self._mask.any():
                 raise ConfigError(f"runtime.bn: fedbn needs a model with BatchNorm; {type(model).__name__} has none")
-        starts = global_vec.expand(len(clients), -1).clone()  # [clients, params]
+        base = global_vec.expand(len(clients), -1) if starts is None else starts
+        starts = base.clone()  # [clients, params]; never the caller's tensor
         for i, c in enumerate(clients):
             if c in self.state:
                 starts[i, self._mask] = self.state[c]
-        res = self.engine.train(model, global_vec, data, clients, spec, seed, round, starts=starts)
+        res = self.engine.train(
+            model, global_vec, data, clients, spec, seed, round, starts=starts, correction=correction
+        )
         for i, c in enumerate(clients):
             self.state[c] = (global_vec + res.diffs[i])[self._mask].clone()  # the client's BatchNorm after training
         return res
