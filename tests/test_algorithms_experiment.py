@@ -245,3 +245,14 @@ def test_report_with_a_curve_missing_is_one_line_and_exit_2(folder, tmp_path, ca
     err = capsys.readouterr().err
     assert "curves.json: no curves for 'fedadam(server_lr=0.05) | stragglers 0.5'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_table_notes_a_run_that_diverged():
+    cfg = build_config(SMALL)
+    row = {"algorithm": "fedadam", "stragglers": 0, "straggler_work": "dropped", "target_reached": 0}
+    row |= {f"{n}_mean": 0.5 for n in ("accuracy", "bytes_up", "bytes_down")}
+    summary = {"seeds": [0, 1], "target": None, "results": [{**row, "diverged_at_round_per_seed": [None, 2]}]}
+    _, _, _, notes = exp._table(cfg, summary)
+    assert "fedadam at stragglers 0 diverged in 1 of 2 seeds (round 2); its curve stops there." in notes
+    _, _, _, notes = exp._table(cfg, {**summary, "results": [{**row, "diverged_at_round_per_seed": [None, None]}]})
+    assert "diverged" not in notes
