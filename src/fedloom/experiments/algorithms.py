@@ -54,8 +54,11 @@ def plans(cfg: Config) -> list[list[tuple[str, float, Config]]]:
             where = f"algorithms ({a.label()}, stragglers {f:g})"
             updates = {"algorithm": a.model_dump(mode="json"), "runtime": {"stragglers": f}, "algorithms": None}
             combos.append((a.label(), f, derive(cfg, {**updates, "seeds": 1}, where)))
-    seeded = lambda label, f, c, s: derive(c, {"seed": s}, f"algorithms ({label}, stragglers {f:g}, seed {s})")  # noqa: E731
-    return [[(label, f, seeded(label, f, c, s)) for label, f, c in combos] for s in seed_list(cfg)]
+    out = []
+    for s in seed_list(cfg):
+        where = "algorithms ({}, stragglers {:g}, seed {})"
+        out.append([(label, f, derive(c, {"seed": s}, where.format(label, f, s))) for label, f, c in combos])
+    return out
 
 
 def rounds_to_target(rows: list[dict], target: float | None) -> int | None:
