@@ -221,7 +221,15 @@ def test_no_config_comment_names_an_internal_issue():
 
 def test_public_names_are_lazy_and_listed():
     assert set(fedloom.__all__) - {"__version__"} == set(fedloom._LAZY)
-    assert fedloom.EXPERIMENTS == ("fl-vs-central", "fl-vs-local", "compression", "he", "privacy", "robustness")
+    assert fedloom.EXPERIMENTS == (
+        "fl-vs-central",
+        "fl-vs-local",
+        "compression",
+        "he",
+        "privacy",
+        "robustness",
+        "algorithms",
+    )
 
 
 def test_partition_figure_title_says_how_clients_were_split(tmp_path, monkeypatch):

@@ -33,6 +33,8 @@ EXPERIMENT_HELP = {
     "upload codecs (fp16, q8..q2, sign, top-k, random mask, layers), with the Pareto front",
     "he": "what encryption costs in secure aggregation: plaintext vs per-value Paillier vs packed Paillier vs "
     "CKKS, seconds per round by role and upload bytes",
+    "algorithms": "federated optimizers side by side (issue 15): each algorithm of algorithms.compare (default all "
+    "eight) at each straggler fraction, on the same partition and seeds: final accuracy, rounds to a target, bytes",
 }
 
 

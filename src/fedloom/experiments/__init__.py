@@ -13,7 +13,7 @@ from ..config import Config
 
 __all__ = ["run_experiment", "EXPERIMENTS"]
 
-EXPERIMENTS = ("fl-vs-central", "fl-vs-local", "compression", "he", "privacy", "robustness")
+EXPERIMENTS = ("fl-vs-central", "fl-vs-local", "compression", "he", "privacy", "robustness", "algorithms")
 
 
 def run_experiment(name: str, cfg: Config, out: Path, progress=None, overwrite: bool = False) -> dict:
@@ -36,6 +36,8 @@ def run_experiment(name: str, cfg: Config, out: Path, progress=None, overwrite: 
         from .privacy import run
     elif name == "robustness":
         from .robustness import run
+    elif name == "algorithms":
+        from .algorithms import run
     else:  # the CLI's argparse choices make this unreachable from the command line
         raise ValueError(f"unknown experiment {name!r}")
     from ..runs import prepare_run_dir
