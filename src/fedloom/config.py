@@ -201,6 +201,12 @@ class Config(_Section):
                 "runtime.stragglers keep partial work (1..local_epochs−1 epochs), which needs local_epochs ≥ 2; "
                 "raise local_epochs or set runtime.straggler_work: drop"
             )
+        left = self.k - int(round(rt.stragglers * self.k))
+        if rt.stragglers > 0 and not partial and rt.sampling == "fixed" and left < rt.min_clients:
+            raise ValueError(
+                f"runtime.stragglers {rt.stragglers:g} drops {self.k - left} of k = {self.k} clients each round, "
+                f"leaving {left}, fewer than runtime.min_clients {rt.min_clients}: no round would be applied"
+            )
         if self.attack is not None and self.attack.check(self.no_models):
             raise ValueError(self.attack.check(self.no_models))
         self._check_secure()
