@@ -12,12 +12,12 @@ secure aggregation (``finish(G, s, Z)``) run them unchanged.
 
 from __future__ import annotations
 
-from ..aggregators.base import Aggregator
-from ..aggregators.fedavg import FedAvg
+from typing import TYPE_CHECKING
+
 from ..algorithm_spec import ALGORITHMS, AlgorithmConfig
-from .fednova import FedNova, norm_factor, normalize
-from .fedopt import OPTIMIZERS, ServerOptimizer
-from .scaffold import Scaffold, client_control
+
+if TYPE_CHECKING:
+    from ..aggregators.base import Aggregator
 
 __all__ = [
     "make_server_algorithm",
@@ -31,10 +31,15 @@ __all__ = [
 ]
 
 
+# Defined before this package imports anything from fedloom.aggregators, with its imports inside: importing
+# fedloom.aggregators.base runs fedloom/aggregators/__init__.py, which may import make_server_algorithm from
+# here while this package is still half-initialized (make_aggregator wires it in).
 def make_server_algorithm(inner: Aggregator, algorithm: AlgorithmConfig) -> Aggregator:
     """The server step of ``algorithm`` around ``inner`` (the aggregator the ``aggregator`` section built):
     ``inner`` itself for fedavg and fedprox, a :class:`ServerOptimizer` over it for FedOpt, and FedNova or
     Scaffold in its place (both correct FedAvg's weighted mean, so ``inner`` must be FedAvg)."""
+    from ..aggregators.fedavg import FedAvg
+
     name = algorithm.name
     if name in ("fedavg", "fedprox"):
         return inner
@@ -46,3 +51,8 @@ def make_server_algorithm(inner: Aggregator, algorithm: AlgorithmConfig) -> Aggr
         params = {key: algorithm.param(key) for key in ALGORITHMS[name]}  # only those this optimizer takes
         return ServerOptimizer(inner, name, **params)
     raise ValueError(f"no server step for algorithm {name!r}")
+
+
+from .fednova import FedNova, norm_factor, normalize  # noqa: E402
+from .fedopt import OPTIMIZERS, ServerOptimizer  # noqa: E402
+from .scaffold import Scaffold, client_control  # noqa: E402
