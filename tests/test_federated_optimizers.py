@@ -96,7 +96,7 @@ def test_scaffold_uploads_and_broadcasts_control_variates_and_checks_them():
     params = fed.num_params
     assert row["bytes_up"] == plain["bytes_up"] + 4 * params * len(row["clients"])
     assert row["bytes_down"] == plain["bytes_down"] + 4 * params * len(row["clients"])
-    control = fed.server.aggregator.control
+    control = fed.server.aggregator.control(fed.num_params)
     assert control.shape == (params,) and float(control.abs().sum()) > 0
     # c ← c + (1/N) Σ Δc_i over the clients that answered (c started at 0)
     deltas = [np.frombuffer(a.control, "<f4") for a in spy.seen[0][1]]
@@ -119,7 +119,7 @@ def test_a_bad_control_variate_fails_its_client_only(bad, reason):
     row = fed.run_round(1)
     (culprit,) = row["failed"]
     assert reason in row["failed"][culprit] and len(row["clients"]) == 3
-    assert bool(torch.isfinite(fed.server.aggregator.control).all())
+    assert bool(torch.isfinite(fed.server.aggregator.control(fed.num_params)).all())
 
 
 @pytest.mark.parametrize("steps", [0, 10**9])
@@ -181,3 +181,11 @@ def test_bad_algorithm_settings_are_one_clear_line(raw, words):
     with pytest.raises(ConfigError, match=words) as e:
         build_config({**BASE, **raw})
     assert "\n" not in str(e.value)
+
+
+def test_scaffold_keeps_no_control_variate_for_batchnorm_statistics():
+    fed = Federation.build(_cfg(algorithm="scaffold", model_name="mlp_bn", hidden=[8]))
+    fed.run_round(1)
+    control, trainable = fed.server.aggregator.control(fed.num_params), fed.layout.num_trainable
+    assert trainable < fed.num_params and float(control[:trainable].abs().sum()) > 0
+    assert not control[trainable:].any()

@@ -64,8 +64,9 @@ def decode_vector(data: bytes, length: int, what: str) -> torch.Tensor:
 class LocalAlgorithm:
     """One federation's client side of ``cfg.algorithm`` (module doc); holds SCAFFOLD's ``c_i`` per client."""
 
-    def __init__(self, cfg, size: int):
+    def __init__(self, cfg, size: int, trainable: int | None = None):
         self.name, self.size = cfg.algorithm.name, size
+        self.trainable = size if trainable is None else trainable  # values before it are parameters, then buffers
         self.mu = cfg.algorithm.param("mu") if self.name == "fedprox" else 0.0
         self.momentum, self.lr = cfg.momentum, cfg.lr
         self.controls: dict[int, torch.Tensor] = {}  # SCAFFOLD: client id → c_i
@@ -98,6 +99,7 @@ class LocalAlgorithm:
 
             old = self.controls.get(cid, torch.zeros(self.size))
             new = client_control(old, c, diff, steps, self.lr)
+            new[self.trainable :] = 0  # buffers (BatchNorm statistics) take no gradient, so no control variate
             self.controls[cid] = new
             return diff, encode_vector(new - old)
         return diff, b""

@@ -316,7 +316,7 @@ class Round:
     def _control_down(self) -> bytes:
         """SCAFFOLD's server control variate ``c`` for this round's task (b"" for the other algorithms)."""
         agg = self.server.aggregator
-        return encode_vector(agg.control) if self.algorithm == "scaffold" else b""
+        return encode_vector(agg.control(self.channel.layout.size)) if self.algorithm == "scaffold" else b""
 
     def _control_up(self, a: Answer) -> torch.Tensor:
         """A client's Δc_i, checked as an update is (size, finiteness, norm)."""

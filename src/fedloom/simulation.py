@@ -218,7 +218,7 @@ class Federation:
             make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn), cfg.runtime.threads, device, server
         )
         fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
-        fed.algorithm = LocalAlgorithm(cfg, server.layout.size)
+        fed.algorithm = LocalAlgorithm(cfg, server.layout.size, server.layout.num_trainable)
         fed.cohort = LocalCohort(fed)
         fed.round = Round(cfg, server, channel, fed.cohort, server_secure)
         fed.attack = make_attack(cfg, data, server)

@@ -116,7 +116,7 @@ class ClientWorker:
             cfg.model_name, data.num_features, data.num_classes, cfg.hidden, data.image_shape, cfg.seed
         )
         self.layout = Layout.from_model(self.model)
-        self.algorithm = LocalAlgorithm(cfg, self.layout.size)
+        self.algorithm = LocalAlgorithm(cfg, self.layout.size, self.layout.num_trainable)
         self.client = Client(self.id, data, cfg.runtime.client_memory_mb)
         self.channel = Channel(
             cfg.upload_codec, cfg.compression.down, cfg.compression.error_feedback, self.layout, cfg.seed
