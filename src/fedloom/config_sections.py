@@ -171,10 +171,14 @@ class SyntheticConfig(_Section):
     dim: int = Field(60, ge=1)
     classes: int = Field(10, ge=2)
     alpha: float | None = Field(
-        None, ge=0, le=100, description="how much the clients' models differ (FedProx: 0..1); default 1"
+        None,
+        ge=0,
+        le=100,
+        description="std of u_k, the mean of W_k and b_k (FedProx: 0..1; default 1); it shifts "
+        "all logits alike, so it changes no label (data/synthetic.py)",
     )
     beta: float | None = Field(
-        None, ge=0, le=100, description="how much the clients' inputs differ (FedProx: 0..1); default 1"
+        None, ge=0, le=100, description="std of B_k, the mean of the inputs' means v_k (FedProx: 0..1; default 1)"
     )
 
     @model_validator(mode="before")

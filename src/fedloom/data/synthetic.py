@@ -3,7 +3,7 @@
 Li et al. 2020, "Federated Optimization in Heterogeneous Networks" (FedProx), §5.1, after Shamir et al.
 2014; also LEAF (Caldas et al. 2018). Client ``k`` has its own softmax-regression teacher and input law:
 
-- ``u_k ~ N(0, α)``, ``B_k ~ N(0, β)`` — how much clients' models (α) and inputs (β) differ;
+- ``u_k ~ N(0, α)``, ``B_k ~ N(0, β)`` — meant as how much clients' models (α) and inputs (β) differ;
 - ``W_k ∈ R^{dim×classes}``, ``b_k ∈ R^{classes}``: entries ``~ N(u_k, 1)``;
 - ``v_k ∈ R^{dim}``: entries ``~ N(B_k, 1)``; ``x ~ N(v_k, Σ)`` with ``Σ = diag(j^{-1.2})``, ``j = 1..dim``;
 - ``y = argmax softmax(W_kᵀ x + b_k)``.
@@ -12,6 +12,11 @@ As in FedProx's generator (``np.random.normal(0, alpha)``), α and β are the st
 normals. Client sizes follow FedProx's power law, ``lognormal(4, 2)`` draws, rescaled here so that they sum
 to ``num_samples`` with at least ``min_size`` rows per client. FedProx's experiments use dim 60, 10 classes
 and (α, β) ∈ {(0, 0), (0.5, 0.5), (1, 1)}. That is :func:`synthetic` (``synthetic.generator: leaf``).
+
+What α does: ``u_k`` is the mean of every entry of ``W_k`` and ``b_k``, so it adds ``u_k·(1 + Σ_j x_j)`` to all
+logits of a row alike, which the argmax ignores. With the same draws, α changes no label (up to float32
+rounding; tests/test_synthetic_fedprox.py shows it); the clients' teachers differ through their own
+``N(0, 1)`` entries whatever α, so even Synthetic(0, 0) is non-IID. β does move the labels (through ``v_k``).
 
 :func:`fedprox_federation` (``generator: fedprox`` and ``fedprox_iid``) follows FedProx's own generator scripts
 instead (github.com/litian96/FedProx, ``data/synthetic_1_1/generate_synthetic.py`` and
