@@ -159,6 +159,7 @@ def test_the_resolved_config_loads_again(generator):
         ({"synthetic": {"generator": "fedprox_iid", "beta": 0}}, "beta does not apply to generator fedprox_iid"),
         ({"synthetic": {"generator": "fedprox"}, "eval_fraction": 0.3}, "eval_fraction does not apply"),
         ({"synthetic": {"generator": "FedProx"}}, "synthetic.generator"),
+        ({"synthetic": {"generator": ["fedprox"]}}, "synthetic.generator"),
     ],
 )
 def test_bad_combinations_are_refused_in_one_line(raw, needle):

@@ -188,6 +188,8 @@ class SyntheticConfig(_Section):
         if not isinstance(value, dict):
             return value
         generator = value.get("generator", "leaf")
+        if not isinstance(generator, str):  # not a name: the field's own check says what is expected
+            return value
         defaults = {"leaf": _LEAF_DEFAULTS, "fedprox": _FEDPROX_DEFAULTS}.get(generator, {})
         return {**value, **{k: v for k, v in defaults.items() if value.get(k) is None}}
 
