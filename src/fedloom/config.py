@@ -171,8 +171,10 @@ class Config(_Section):
             raise ValueError("rate/prop set the upload codec; do not also set compression.up")
         if self.type == "synthetic" and self.partition.method != "iid":
             raise ValueError("type: synthetic is partitioned by its generator (one teacher per client); drop partition")
-        if self.type == "synthetic" and self.synthetic.num_samples < 2 * self.no_models:
-            raise ValueError(f"synthetic.num_samples must give each of the {self.no_models} clients at least 2 rows")
+        if self.type == "synthetic":  # eval_fraction's default: fedprox's own split refuses any other value
+            default = type(self).model_fields["eval_fraction"].default
+            if problem := self.synthetic.problem(self.no_models, self.eval_fraction, default):
+                raise ValueError(problem)
         if self.runtime.bn == "fedbn" and self.model_name in ("fnn", "mlp", "cnn", "logreg"):
             raise ValueError(f"runtime.bn: fedbn keeps BatchNorm local; '{self.model_name}' has none (use mlp_bn)")
         if self.compression.error_feedback:  # the flag form of +ef, also with the book's prop/rate

@@ -155,22 +155,73 @@ class SecureConfig(_Section):
 
 
 class SyntheticConfig(_Section):
-    """``type: synthetic``: the LEAF / FedProx Synthetic(alpha, beta) generator (see data/synthetic.py)."""
+    """``type: synthetic``: Synthetic(alpha, beta) (see data/synthetic.py). ``generator: leaf`` (default) rescales
+    the power-law client sizes to ``num_samples`` rows and lends ``eval_fraction`` of each client's rows to the
+    eval set; ``fedprox`` is FedProx's own generator: each device draws its size (``int(lognormal(4, 2)) + 50``)
+    and keeps its last 10 % rows as its test rows, the eval set being all devices' test rows; ``fedprox_iid``
+    is FedProx's Synthetic-IID (one teacher, one input law for all devices; alpha and beta take no part).
+    A field the generator does not use stays unset (null), and setting it is refused."""
 
-    num_samples: int = Field(20_000, ge=2, description="rows over all clients (train + eval)")
+    generator: Literal["leaf", "fedprox", "fedprox_iid"] = Field(
+        "leaf", description="leaf: sizes rescaled to num_samples; fedprox / fedprox_iid: FedProx's generator scripts"
+    )
+    num_samples: int | None = Field(
+        None, ge=2, description="leaf: rows over all clients (train + eval), default 20 000; fedprox: drawn, unset"
+    )
     dim: int = Field(60, ge=1)
     classes: int = Field(10, ge=2)
-    alpha: float = Field(1.0, ge=0, le=100, description="how much the clients' models differ (FedProx: 0..1)")
-    beta: float = Field(1.0, ge=0, le=100, description="how much the clients' inputs differ (FedProx: 0..1)")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="std of u_k, the mean of W_k and b_k (FedProx: 0..1; default 1); it shifts "
+        "all logits alike, so it changes no label (data/synthetic.py)",
+    )
+    beta: float | None = Field(
+        None, ge=0, le=100, description="std of B_k, the mean of the inputs' means v_k (FedProx: 0..1; default 1)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _generator_defaults(cls, value: object) -> object:
+        """Fill the fields the generator uses with their defaults; those it does not use stay None."""
+        if not isinstance(value, dict):
+            return value
+        generator = value.get("generator", "leaf")
+        if not isinstance(generator, str):  # not a name: the field's own check says what is expected
+            return value
+        defaults = {"leaf": _LEAF_DEFAULTS, "fedprox": _FEDPROX_DEFAULTS}.get(generator, {})
+        return {**value, **{k: v for k, v in defaults.items() if value.get(k) is None}}
 
     @model_validator(mode="after")
     def _fits(self) -> SyntheticConfig:
-        if self.num_samples * self.dim > MAX_SYNTHETIC_VALUES:
+        unused = [k for k in ("num_samples", "alpha", "beta") if getattr(self, k) is not None]
+        unused = [k for k in unused if k not in _USES[self.generator]]
+        if unused:
+            why = "each device draws its size" if unused[0] == "num_samples" else "one teacher labels every device"
+            raise ValueError(f"synthetic.{unused[0]} does not apply to generator {self.generator} ({why}): drop it")
+        if self.num_samples is not None and self.num_samples * self.dim > MAX_SYNTHETIC_VALUES:
             raise ValueError(
                 f"synthetic.num_samples × synthetic.dim is {self.num_samples * self.dim:,}; at most "
                 f"{MAX_SYNTHETIC_VALUES:,} values (2 GB of float32) are generated"
             )
         return self
+
+    def problem(self, no_models: int, eval_fraction: float, default_eval_fraction: float) -> str | None:
+        """Why this section does not fit the rest of the config (one line), or None."""
+        if self.generator == "leaf" and self.num_samples < 2 * no_models:
+            return f"synthetic.num_samples must give each of the {no_models} clients at least 2 rows"
+        if self.generator != "leaf" and eval_fraction != default_eval_fraction:
+            return (
+                f"eval_fraction does not apply to synthetic.generator {self.generator}: each device keeps its last "
+                "10 % rows as its test rows (FedProx's split) and the eval set is their union; drop eval_fraction"
+            )
+        return None
+
+
+_LEAF_DEFAULTS = {"num_samples": 20_000, "alpha": 1.0, "beta": 1.0}
+_FEDPROX_DEFAULTS = {"alpha": 1.0, "beta": 1.0}
+_USES = {"leaf": ("num_samples", "alpha", "beta"), "fedprox": ("alpha", "beta"), "fedprox_iid": ()}
 
 
 class DataConfig(_Section):

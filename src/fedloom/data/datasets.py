@@ -247,19 +247,42 @@ def _csv_clients(cfg: Config) -> tuple[np.ndarray, ...]:
 
 
 def _synthetic(cfg: Config) -> tuple:
-    """Synthetic(α, β): each client's rows come from its own teacher; each client lends ``eval_fraction`` of
-    its rows to the eval set (a seeded coin per row: vectorized, so 10 000 clients cost no loop)."""
+    """Synthetic(α, β). ``generator: leaf``: each client lends ``eval_fraction`` of its rows to the eval set (a
+    seeded coin per row: vectorized, so 10 000 clients cost no loop). ``fedprox`` / ``fedprox_iid``: each device
+    keeps its last 10 % rows as its test rows (FedProx's split); the eval set is all devices' test rows."""
     from .synthetic import synthetic
 
     s = cfg.synthetic
     rng = np.random.default_rng([cfg.seed, _PARTITION_TAG])
+    classes = [str(c) for c in range(s.classes)]
+    if s.generator != "leaf":
+        x_tr, y_tr, x_ev, y_ev, part = _fedprox_synthetic(cfg, rng)
+        return x_tr, y_tr, x_ev, y_ev, classes, part
     x, y, sizes = synthetic(cfg.no_models, s.num_samples, s.dim, s.classes, s.alpha, s.beta, rng, min_size=2)
     owner = np.repeat(np.arange(cfg.no_models), sizes)  # [rows] client of each row, rows grouped by client
     to_eval = rng.random(len(y)) < cfg.eval_fraction
     to_eval[np.concatenate([[0], np.cumsum(sizes)[:-1]])] = False  # every client keeps at least its first row
     counts = np.bincount(owner[~to_eval], minlength=cfg.no_models)
     part = Partition(np.arange(int(counts.sum()), dtype=np.int64), np.concatenate([[0], np.cumsum(counts)]))
-    return x[~to_eval], y[~to_eval], x[to_eval], y[to_eval], [str(c) for c in range(s.classes)], part
+    return x[~to_eval], y[~to_eval], x[to_eval], y[to_eval], classes, part
+
+
+def _fedprox_synthetic(cfg: Config, rng: np.random.Generator) -> tuple:
+    """FedProx's generator (data/synthetic.py): train rows grouped by device, the devices' test rows pooled."""
+    from ..config_sections import MAX_SYNTHETIC_VALUES
+    from .synthetic import fedprox_federation
+
+    s = cfg.synthetic
+    iid = s.generator == "fedprox_iid"
+    alpha, beta = (0.0, 0.0) if iid else (s.alpha, s.beta)
+    try:
+        x_tr, y_tr, x_ev, y_ev, sizes = fedprox_federation(
+            cfg.no_models, s.dim, s.classes, alpha, beta, iid, rng, MAX_SYNTHETIC_VALUES
+        )
+    except ValueError as e:
+        raise DataError(f"synthetic.generator {s.generator}: {e}") from None
+    part = Partition(np.arange(len(y_tr), dtype=np.int64), np.concatenate([[0], np.cumsum(sizes)]))
+    return x_tr, y_tr, x_ev, y_ev, part
 
 
 def load_data(cfg: Config) -> FedData:
