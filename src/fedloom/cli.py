@@ -11,6 +11,7 @@ Exit codes: 0 success, 2 bad usage/config/data (one line on stderr), 1 internal 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import textwrap
@@ -233,6 +234,18 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fedloom`` program (``argv`` None: the command line, and the process ends after it)."""
+    code = _main(argv)
+    if argv is None:
+        # The process exits next, and the interpreter's shutdown would walk every object still alive (torch's
+        # modules, the run's tensors) in one last garbage collection: ~0.4 s of the 2.5 s Iris demo on the lab
+        # machine, for memory the OS takes back anyway. Frozen objects are left out of it; files, atexit
+        # handlers and finalizers behave as before.
+        gc.freeze()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     parser = _parser()
