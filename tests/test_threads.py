@@ -218,9 +218,15 @@ def _run_steps(tuner, cost, steps, rows=256):
     return used
 
 
-def _step_tuner(maximum=2):
-    now = [0.0]
-    tuner = th.ThreadTuner(maximum=maximum, clock=lambda: now[0])
+def _step_tuner(maximum=2, crowd=(0,)):
+    """A tuner on an injected clock; ``crowd``: what its readings of other runnable threads return, in turn."""
+    now, readings = [0.0], list(crowd)
+    tuner = th.ThreadTuner(
+        maximum=maximum,
+        clock=lambda: now[0],
+        crowd=lambda: readings.pop(0) if readings[1:] else readings[0],
+        cores=maximum,
+    )
     tuner.now = now
     return tuner
 
@@ -308,3 +314,23 @@ def test_auto_run_trains_the_same_numbers_and_records_its_choice():
     assert torch.equal(runs[1].global_vec, runs["auto"].global_vec)
     summary = runs["auto"].summary
     assert summary["threads_auto"] and summary["threads"] == summary["threads_auto"][-1]
+
+
+def test_a_count_is_not_tried_while_other_processes_hold_its_cores():
+    tuner = _step_tuner(crowd=(1,))  # one other runnable thread on a 2-core machine, at start and before 2's turn
+    tuner.start()
+    used = _run_steps(tuner, {1: 1e-3, 2: 50e-3}, 4)
+    assert used == [1, 1, 1, 1] and tuner.history == [1]  # decided after 1 thread's timed step, no collapse paid
+
+
+def test_one_busy_reading_is_not_enough_to_skip_a_count():
+    tuner = _step_tuner(crowd=(1, 0))  # a passing process at start; the cores free when 2 threads' turn comes
+    tuner.start()
+    used = _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 8)
+    assert used.count(2) == 4 and tuner.history == [2]
+
+
+def test_others_running_reads_this_machine():
+    n = th.others_running()
+    assert n is None or n >= 0
+    assert th.usable_cores() >= 1

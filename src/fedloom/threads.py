@@ -30,6 +30,7 @@ core busy, every parallel region waits for the thread that has no core: small GE
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -55,6 +56,31 @@ _TINY_STEP = 300e-6  # a local step faster than this at 1 thread: its ops are to
 _REPS = 3  # interleaved repetitions per candidate; the decision uses means
 _DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
 _TARGET_SECONDS = 5e-4  # one timed sample repeats the probe until it lasts about this long
+
+
+def others_running() -> int | None:
+    """Threads of other processes that are running or runnable right now, or None where unknown (not Linux).
+
+    ``/proc/loadavg``'s fourth field counts the machine's runnable threads at this instant; this process's own
+    (its own spinning OpenMP workers included, from ``/proc/self/task``) are taken off."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        ours = 0
+        for task in os.scandir("/proc/self/task"):
+            with open(os.path.join(task.path, "stat"), encoding="ascii", errors="replace") as f:
+                stat = f.read()
+            ours += stat[stat.rindex(")") + 2 :].startswith("R")
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - ours)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def candidates(maximum: int) -> list[int]:
@@ -145,6 +171,8 @@ class ThreadTuner:
     maximum: int = _TORCH_DEFAULT
     clock: Callable[[], float] = time.perf_counter
     measure_fn: Callable[[Callable[[], None], list[int]], dict[int, list[float]]] = measure
+    crowd: Callable[[], int | None] = others_running  # other processes' runnable threads now (None: unknown)
+    cores: int = field(default_factory=usable_cores)
     reps: int = _REPS
     threads: int = 0  # the current choice (0 before the first decision)
     probes: int = 0  # decisions made
@@ -157,6 +185,7 @@ class ThreadTuner:
     _slowest: float = 0.0  # seconds of the slowest step timed in the current measurement
     _recheck: float = RECHECK_SECONDS  # training seconds after a decision before measuring again
     _best_step: dict[int, float] = field(default_factory=dict)  # rows → best seconds per row since the decision
+    _crowd_at_start: int | None = None  # crowd() when the measurement started
 
     def probe(self, probe: Callable[[], None], fresh: bool = False) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it. A decision made in this
@@ -201,6 +230,13 @@ class ThreadTuner:
         self._plan += [(n, False) for _ in range(self.reps - 1) for n in counts]
         self._times = {n: [] for n in counts}
         self._slowest = 0.0
+        self._crowd_at_start = self.crowd()
+
+    def _fits(self, n: int) -> bool:
+        """Whether ``n`` threads find free cores: by the count of other runnable threads at the start of the
+        measurement or now, whichever is lower (one reading may catch a passing process)."""
+        readings = [c for c in (self._crowd_at_start, self.crowd()) if c is not None]
+        return not readings or min(readings) + n <= self.cores
 
     @property
     def watching(self) -> bool:
@@ -209,7 +245,13 @@ class ThreadTuner:
         return bool(self._plan) or self.threads > 1
 
     def step_begin(self, rows: int) -> None:
-        """Before a local step of ``rows`` trained rows (all clients of the step): set its thread count."""
+        """Before a local step of ``rows`` trained rows (all clients of the step): set its thread count. A count
+        about to be tried for the first time while other processes hold the cores it needs is not tried:
+        beside a busy core, one collapsed step of S1 cost 60–90 ms, half the run's training."""
+        while self._plan and self._plan[0][1] and self._plan[0][0] > 1 and not self._fits(self._plan[0][0]):
+            n = self._plan[0][0]
+            self._plan = [(m, w) for m, w in self._plan if m != n]
+            self._end_if_alone()
         if self._plan:
             torch.set_num_threads(self._plan[0][0])
         self._step = (self.clock(), rows)
@@ -233,14 +275,22 @@ class ThreadTuner:
             self._times[n].append(seconds)
         if n == 1 and not warm_up and raw < _TINY_STEP:
             self._plan = []  # too small to parallelize: nothing else to time
-        one = min(self._times[1], default=float("inf"))
-        if n > 1 and seconds > _DROP * one:  # collapsed (a busy core), warm-up or not: not tried again
-            self._plan = [(m, w) for m, w in self._plan if m != n]
-        if all(m == 1 for m, _ in self._plan) and self._times[1]:
-            self._plan = []  # every other count dropped: nothing left to compare
-        if not self._plan:
-            self._recheck = max(_RECHECK_STEPS[0], _RECHECK_STEPS[1] * self._slowest)
-            self._decide(choose({m: t for m, t in self._times.items() if t}))
+        elif n > 1 and seconds > _DROP * min(self._times[1], default=float("inf")):
+            self._plan = [(m, w) for m, w in self._plan if m != n]  # collapsed (a busy core): not tried again
+        self._end_if_alone()
+        if not self._plan and self._times:
+            self._end()
+
+    def _end_if_alone(self) -> None:
+        """End the measurement once only 1 thread is left to time and it has been timed."""
+        if self._plan and all(m == 1 for m, _ in self._plan) and self._times[1]:
+            self._plan = []
+            self._end()
+
+    def _end(self) -> None:
+        self._recheck = max(_RECHECK_STEPS[0], _RECHECK_STEPS[1] * self._slowest)
+        self._decide(choose({m: t for m, t in self._times.items() if t}))
+        self._times = {}
 
     def settle(self) -> None:
         """A cohort ended while steps were still being measured: until the plan goes on with the next cohort's
