@@ -148,13 +148,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # the config is checked before torch is imported: a typo is reported in a fraction of a second
     cfg = load_config(args.config, args.set + (["runtime.tensorboard=true"] if args.tensorboard else []))
-    from .console import Progress, print_summary
-    from .runner import execute
-    from .runs import default_out_dir
+    from .figures import start_worker, stop_worker
 
-    out = Path(args.out) if args.out else default_out_dir(cfg.name)
-    with Progress(args.quiet) as progress:
-        res = execute(cfg, out, progress, t0, resume=args.resume, overwrite=args.overwrite)
+    start_worker()  # imports matplotlib on a free core while this process imports torch and trains
+    try:
+        from .console import Progress, print_summary
+        from .runner import execute
+        from .runs import default_out_dir
+
+        out = Path(args.out) if args.out else default_out_dir(cfg.name)
+        with Progress(args.quiet) as progress:
+            res = execute(cfg, out, progress, t0, resume=args.resume, overwrite=args.overwrite)
+    finally:
+        stop_worker()  # not used (the run failed before its figures): ended
     if not args.quiet:
         title = f"{cfg.name}: " + (
             "encrypted model (book 15.4)" if cfg.secure.protocol == "encrypted-model" else "summary"

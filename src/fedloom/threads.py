@@ -30,7 +30,6 @@ core busy, every parallel region waits for the thread that has no core: small GE
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .cpuload import others_running, usable_cores
 
 __all__ = ["ThreadTuner", "TunedEngine", "choose", "candidates", "tune_threads", "threads_summary"]
 
@@ -56,31 +57,6 @@ _TINY_STEP = 300e-6  # a local step faster than this at 1 thread: its ops are to
 _REPS = 3  # interleaved repetitions per candidate; the decision uses means
 _DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
 _TARGET_SECONDS = 5e-4  # one timed sample repeats the probe until it lasts about this long
-
-
-def others_running() -> int | None:
-    """Threads of other processes that are running or runnable right now, or None where unknown (not Linux).
-
-    ``/proc/loadavg``'s fourth field counts the machine's runnable threads at this instant; this process's own
-    (its own spinning OpenMP workers included, from ``/proc/self/task``) are taken off."""
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        ours = 0
-        for task in os.scandir("/proc/self/task"):
-            with open(os.path.join(task.path, "stat"), encoding="ascii", errors="replace") as f:
-                stat = f.read()
-            ours += stat[stat.rindex(")") + 2 :].startswith("R")
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0, running - ours)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def candidates(maximum: int) -> list[int]:
