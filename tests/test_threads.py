@@ -321,6 +321,18 @@ def test_a_count_is_not_tried_while_other_processes_hold_its_cores():
     tuner.start()
     used = _run_steps(tuner, {1: 1e-3, 2: 50e-3}, 4)
     assert used == [1, 1, 1, 1] and tuner.history == [1]  # decided after 1 thread's timed step, no collapse paid
+    assert not tuner.observe(0.01, 100)
+    assert tuner.observe(th._RECHECK_CROWDED, 100)  # nothing was paid: look again soon, the others may be gone
+
+
+def test_cores_freed_later_are_used_at_the_next_look():
+    tuner = _step_tuner(crowd=(1, 1, 0))  # busy at the first measurement's two readings, then free
+    tuner.start()
+    _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 3)
+    assert tuner.history == [1] and tuner.observe(1.0, 100)
+    tuner.start()  # what TunedEngine does before the next cohort
+    _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 8)
+    assert tuner.history == [1, 2]
 
 
 def test_one_busy_reading_is_not_enough_to_skip_a_count():

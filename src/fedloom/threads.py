@@ -11,9 +11,14 @@ core busy, every parallel region waits for the thread that has no core: small GE
    first (a warm-up step, then a timed one), then a warm-up step per other count, then timed steps until
    each count has ``_REPS``; the time is seconds per trained row. A count whose step (warm-up or not) is
    ``_DROP``× slower than the 1-thread step is not tried again: under load a collapsed count costs one
-   step. A 1-thread step under ``_TINY_STEP`` ends the measurement at 1 thread (nothing to parallelize).
-   The steps are the run's own training (the numbers do not depend on the thread count), so measuring
-   costs only the difference between the counts. (A synthetic probe shaped like the first layer,
+   step. Before a count is first tried, the machine's runnable threads are read (:mod:`fedloom.cpuload`,
+   at the measurement's start and again then): a count whose cores other processes hold is not tried at
+   all, since beside a busy core even one collapsed step of S1 cost half the run's training; the next
+   look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step under ``_TINY_STEP`` ends
+   the measurement at 1 thread (nothing to parallelize).
+   The steps are the run's own training (S1 and S2 trained to the same bits at 1, 2 and auto threads on
+   the lab machine; tests/test_threads.py checks a small run), so measuring costs only the difference
+   between the counts. (A synthetic probe shaped like the first layer,
    timed for a few milliseconds before the first cohort, chose 1 thread for S1 where 2 were 1.5× faster.)
    The sequential engine, whose steps are not hooked, is measured with a copy of the model
    (:func:`measure`, :func:`model_probe`).
@@ -51,6 +56,7 @@ RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load t
 # measuring steps costs little: they are re-measured after 1 s, or 50× their slowest measured step if longer
 # (a collapsed count's step, the price of looking again under load, stays ≤ 2 % of the time)
 _RECHECK_STEPS = (1.0, 50.0)
+_RECHECK_CROWDED = 0.05  # after a count was skipped for other processes (nothing paid): look again soon
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
 _TINY_STEP = 300e-6  # a local step faster than this at 1 thread: its ops are too small for threads to save more
 # than a few microseconds each, against a collapse under load; 1 thread, other counts not tried
@@ -162,6 +168,7 @@ class ThreadTuner:
     _recheck: float = RECHECK_SECONDS  # training seconds after a decision before measuring again
     _best_step: dict[int, float] = field(default_factory=dict)  # rows → best seconds per row since the decision
     _crowd_at_start: int | None = None  # crowd() when the measurement started
+    _skipped: bool = False  # a count was left out of this measurement because other processes held its cores
 
     def probe(self, probe: Callable[[], None], fresh: bool = False) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it. A decision made in this
@@ -205,7 +212,7 @@ class ThreadTuner:
         self._plan = [(1, True), (1, False), *((n, True) for n in more), *((n, False) for n in more)]
         self._plan += [(n, False) for _ in range(self.reps - 1) for n in counts]
         self._times = {n: [] for n in counts}
-        self._slowest = 0.0
+        self._slowest, self._skipped = 0.0, False
         self._crowd_at_start = self.crowd()
 
     def _fits(self, n: int) -> bool:
@@ -227,6 +234,7 @@ class ThreadTuner:
         while self._plan and self._plan[0][1] and self._plan[0][0] > 1 and not self._fits(self._plan[0][0]):
             n = self._plan[0][0]
             self._plan = [(m, w) for m, w in self._plan if m != n]
+            self._skipped = True
             self._end_if_alone()
         if self._plan:
             torch.set_num_threads(self._plan[0][0])
@@ -264,7 +272,10 @@ class ThreadTuner:
             self._end()
 
     def _end(self) -> None:
-        self._recheck = max(_RECHECK_STEPS[0], _RECHECK_STEPS[1] * self._slowest)
+        if self._skipped:  # the other processes may be gone in a moment; looking again costs two readings
+            self._recheck = _RECHECK_CROWDED
+        else:
+            self._recheck = max(_RECHECK_STEPS[0], _RECHECK_STEPS[1] * self._slowest)
         self._decide(choose({m: t for m, t in self._times.items() if t}))
         self._times = {}
 
