@@ -162,10 +162,10 @@ def test_tensorboard_needs_a_folder():
 
 
 def _capture(monkeypatch):
-    import fedloom.report as report
+    import fedloom.figures as figures  # where the drawing functions live (fedloom.report re-exports them)
 
     figs = []
-    monkeypatch.setattr(report, "save_figure", lambda fig, path, tight=True: figs.append(fig) or path)
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, tight=True: figs.append(fig) or path)
     return figs
 
 

@@ -139,6 +139,10 @@ class _FakeEngine:
         return self.seconds[self.calls - 1]
 
 
+class _FakeSequential(_FakeEngine):
+    name = "sequential"  # its steps are not hooked: measured with a model probe
+
+
 def test_tuned_engine_probes_first_then_on_slowdown(monkeypatch):
     from fedloom.data import load_data
     from fedloom.models import build_model
@@ -148,8 +152,8 @@ def test_tuned_engine_probes_first_then_on_slowdown(monkeypatch):
     data = load_data(cfg)
     model = build_model("fnn", data.num_features, data.num_classes)
     now = [0.0]
-    tuner = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=lambda p, c: {1: [1], 2: [2]})
-    inner = _FakeEngine([1.0, 1.0, 3.0, 1.0])
+    tuner = th.ThreadTuner(maximum=2, clock=lambda: now[0], measure_fn=lambda p, c: {1: [2], 2: [1]})
+    inner = _FakeSequential([1.0, 1.0, 3.0, 1.0])
     eng = th.TunedEngine(inner, "auto", tuner)
     spec = LocalSpec(1, 10, 0.1)
 
@@ -164,13 +168,13 @@ def test_tuned_engine_probes_first_then_on_slowdown(monkeypatch):
         eng.train(model, None, data, [0, 1], spec, 0, 1)
 
     step(1.0)
-    assert tuner.probes == 1 and eng.threads == 1  # probed before the first cohort
+    assert tuner.probes == 1 and eng.threads == 2  # probed before the first cohort
     step(1.0)
     step(3.0)  # 3× slower: probe again before the next cohort
     assert tuner.probes == 1
     step(1.0)
     assert tuner.probes == 2
-    assert th.threads_summary(eng) == {"threads": 1, "threads_auto": [1, 1], "device": "cpu"}
+    assert th.threads_summary(eng) == {"threads": 2, "threads_auto": [2, 2], "device": "cpu"}
 
 
 def test_fixed_threads_are_set_and_never_measured():
@@ -199,3 +203,146 @@ def test_auto_on_cuda_keeps_one_cpu_thread():
         assert tune_threads(object(), "auto", torch.device("cpu")).setting == "auto"
     finally:
         torch.set_num_threads(before)
+
+
+# --- measuring the vectorized engine's own steps ------------------------------------------------------------------
+def _run_steps(tuner, cost, steps, rows=256):
+    """``steps`` local steps through the tuner's hooks; a step at n threads lasts ``cost[n]`` seconds of the
+    injected clock. Returns the thread count of every step."""
+    used = []
+    for _ in range(steps):
+        tuner.step_begin(rows)
+        used.append(torch.get_num_threads())
+        tuner.now[0] += cost[torch.get_num_threads()]
+        tuner.step_end()
+    return used
+
+
+def _step_tuner(maximum=2, crowd=(0,)):
+    """A tuner on an injected clock; ``crowd``: what its readings of other runnable threads return, in turn."""
+    now, readings = [0.0], list(crowd)
+    tuner = th.ThreadTuner(
+        maximum=maximum,
+        clock=lambda: now[0],
+        crowd=lambda: readings.pop(0) if readings[1:] else readings[0],
+        cores=maximum,
+    )
+    tuner.now = now
+    return tuner
+
+
+def test_steps_are_measured_interleaved_and_the_faster_count_wins():
+    tuner = _step_tuner()
+    tuner.start()
+    assert tuner.measuring and tuner.watching
+    used = _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 10)
+    # 1 thread: warm-up and one timed step; 2 threads: warm-up, timed; then 2 more rounds of both
+    assert used[:8] == [1, 1, 2, 2, 1, 2, 1, 2]
+    assert not tuner.measuring and tuner.threads == 2 and tuner.history == [2]
+    assert used[8:] == [2, 2] and torch.get_num_threads() == 2
+
+
+def test_a_collapsed_count_costs_one_step():
+    # issue 12's bmm beside a busy core: 2 threads 13× slower than 1
+    tuner = _step_tuner()
+    tuner.start()
+    used = _run_steps(tuner, {1: 0.5e-3, 2: 6.5e-3}, 6)
+    assert used.count(2) == 1  # its warm-up step was enough to drop it
+    assert tuner.history == [1] and used[3:] == [1, 1, 1]
+
+
+def test_near_tie_keeps_one_thread():
+    tuner = _step_tuner()
+    tuner.start()
+    _run_steps(tuner, {1: 1.0e-3, 2: 0.95e-3}, 8)
+    assert tuner.history == [1]  # 5 % faster is not worth a collapse under load
+
+
+def test_tiny_steps_are_decided_at_one_thread_without_trying_more():
+    tuner = _step_tuner()
+    tuner.start()
+    used = _run_steps(tuner, {1: 50e-6, 2: 40e-6}, 4)
+    assert used == [1, 1, 1, 1] and tuner.history == [1]
+
+
+def test_a_step_that_collapses_later_starts_a_new_measurement():
+    tuner = _step_tuner()
+    tuner.start()
+    _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 10)
+    assert tuner.threads == 2
+    used = _run_steps(tuner, {1: 1e-3, 2: 8e-3}, 6)  # load arrives: 2 threads collapse
+    assert used[0] == 2 and used[1:3] == [1, 1]  # one slow step, then 1 thread at once (the new measurement)
+    assert tuner.history == [2, 1] and not tuner.measuring
+    assert used.count(2) == 2  # the step that noticed it and the new measurement's warm-up
+
+
+def test_noise_at_one_thread_starts_nothing():
+    tuner = _step_tuner()
+    tuner.start()
+    _run_steps(tuner, {1: 1e-3, 2: 6e-3}, 6)
+    assert tuner.threads == 1 and not tuner.watching  # at 1 thread the steps are not even timed
+    assert not tuner.observe(0.01, 100)
+    assert not tuner.observe(0.5, 10)  # 500× slower per sample at 1 thread: fewer threads cannot dodge it
+    assert tuner.observe(0.5, 10)  # but after _RECHECK_STEPS[0] s of training: has the load left?
+
+
+def test_one_core_measures_nothing():
+    tuner = _step_tuner(maximum=1)
+    tuner.start()
+    assert not tuner.measuring and tuner.history == [1]
+
+
+def test_a_cohort_ending_mid_measurement_uses_the_best_so_far():
+    tuner = _step_tuner()
+    tuner.start()
+    _run_steps(tuner, {1: 1e-3, 2: 0.4e-3}, 4)  # 1 warm-up, 1 timed, 2 warm-up, 2 timed
+    assert tuner.measuring
+    tuner.settle()
+    assert torch.get_num_threads() == 2  # for the round's evaluation until the next cohort's steps go on
+    _run_steps(tuner, {1: 1e-3, 2: 0.4e-3}, 4)
+    assert tuner.history == [2]
+
+
+def test_auto_run_trains_the_same_numbers_and_records_its_choice():
+    from fedloom.simulation import Federation, run_federation
+
+    base = {"no_models": 6, "k": 3, "global_epochs": 3, "runtime": {"checkpoint": False, "engine": "vectorized"}}
+    runs = {}
+    for threads in (1, "auto"):
+        raw = {**base, "runtime": {**base["runtime"], "threads": threads}}
+        runs[threads] = run_federation(Federation.build(build_config(raw)))
+    assert torch.equal(runs[1].global_vec, runs["auto"].global_vec)
+    summary = runs["auto"].summary
+    assert summary["threads_auto"] and summary["threads"] == summary["threads_auto"][-1]
+
+
+def test_a_count_is_not_tried_while_other_processes_hold_its_cores():
+    tuner = _step_tuner(crowd=(1,))  # one other runnable thread on a 2-core machine, at start and before 2's turn
+    tuner.start()
+    used = _run_steps(tuner, {1: 1e-3, 2: 50e-3}, 4)
+    assert used == [1, 1, 1, 1] and tuner.history == [1]  # decided after 1 thread's timed step, no collapse paid
+    assert not tuner.observe(0.01, 100)
+    assert tuner.observe(th._RECHECK_CROWDED, 100)  # nothing was paid: look again soon, the others may be gone
+
+
+def test_cores_freed_later_are_used_at_the_next_look():
+    tuner = _step_tuner(crowd=(1, 1, 0))  # busy at the first measurement's two readings, then free
+    tuner.start()
+    _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 3)
+    assert tuner.history == [1] and tuner.observe(1.0, 100)
+    tuner.start()  # what TunedEngine does before the next cohort
+    _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 8)
+    assert tuner.history == [1, 2]
+
+
+def test_one_busy_reading_is_not_enough_to_skip_a_count():
+    tuner = _step_tuner(crowd=(1, 0))  # a passing process at start; the cores free when 2 threads' turn comes
+    tuner.start()
+    used = _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 8)
+    assert used.count(2) == 4 and tuner.history == [2]
+
+
+def test_others_running_reads_this_machine():
+    n = th.others_running()
+    assert n is None or n >= 0
+    assert th.usable_cores() >= 1

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .codecs import CodecContext, ErrorFeedback, decode_batch, parse_codec
+from .codecs.identity import Float32Values
 from .params import Layout
 
 __all__ = ["Channel", "split_ef", "BROADCAST_ID"]
@@ -48,10 +50,21 @@ class Channel:
         payload = self.down_codec.encode(global_vec, ctx)
         return payload, self.down_codec.decode(payload, ctx).values
 
+    @property
+    def _raw_up(self) -> bool:
+        """The upload is plain fp32 (``none``, no error feedback): its payloads are the tags and the raw values."""
+        codec = self.up_codec
+        return self.ef is None and getattr(codec, "sparsifier", 1) is None and isinstance(codec.values, Float32Values)
+
     def up(self, diffs: torch.Tensor, clients: Sequence[int], round: int) -> list[bytes]:
         """Client side: one payload per row of ``diffs`` ``[clients, params]``."""
         if self.ef is not None:
             return self.ef.encode_batch(diffs, list(clients), layout=self.layout, round=round, seed=self.seed)
+        if self._raw_up and diffs.ndim == 2 and diffs.shape[1] == self.layout.size:
+            # the bytes ChainCodec.encode writes for `none`, without its per-client call (a round of 100 clients
+            # spent 0.5 ms there): tags, then the row as little-endian fp32
+            rows = diffs.detach().to(device="cpu", dtype=torch.float32).numpy().astype("<f4", copy=False)
+            return [self.up_codec._head + row.tobytes() for row in rows]
         return [
             self.up_codec.encode(d, CodecContext(self.layout, int(c), round, self.seed)) for d, c in zip(diffs, clients)
         ]
@@ -60,6 +73,12 @@ class Channel:
         self, payloads: Sequence[bytes], clients: Sequence[int], round: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Server side: ``(values [clients, params], present [clients, params] or None)``."""
+        if self._raw_up and payloads and len(payloads) == len(clients):
+            size, head = self.layout.size, self.up_codec._head
+            if all(len(p) == 2 + 4 * size and p[:2] == head for p in payloads):  # else the codec says what is wrong
+                raw = b"".join(bytes(memoryview(p)[2:]) for p in payloads)
+                values = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(len(payloads), size)
+                return torch.from_numpy(values), None
         return decode_batch(self.up_codec, payloads, list(clients), layout=self.layout, round=round, seed=self.seed)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

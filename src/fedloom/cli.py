@@ -11,6 +11,7 @@ Exit codes: 0 success, 2 bad usage/config/data (one line on stderr), 1 internal 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import textwrap
@@ -149,13 +150,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # the config is checked before torch is imported: a typo is reported in a fraction of a second
     cfg = load_config(args.config, args.set + (["runtime.tensorboard=true"] if args.tensorboard else []))
-    from .console import Progress, print_summary
-    from .runner import execute
-    from .runs import default_out_dir
+    from .figures import start_worker, stop_worker
 
-    out = Path(args.out) if args.out else default_out_dir(cfg.name)
-    with Progress(args.quiet) as progress:
-        res = execute(cfg, out, progress, t0, resume=args.resume, overwrite=args.overwrite)
+    start_worker()  # imports matplotlib on a free core while this process imports torch and trains
+    try:
+        from .console import Progress, print_summary
+        from .runner import execute
+        from .runs import default_out_dir
+
+        out = Path(args.out) if args.out else default_out_dir(cfg.name)
+        with Progress(args.quiet) as progress:
+            res = execute(cfg, out, progress, t0, resume=args.resume, overwrite=args.overwrite)
+    finally:
+        stop_worker()  # not used (the run failed before its figures): ended
     if not args.quiet:
         title = f"{cfg.name}: " + (
             "encrypted model (book 15.4)" if cfg.secure.protocol == "encrypted-model" else "summary"
@@ -235,6 +242,18 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fedloom`` program (``argv`` None: the command line, and the process ends after it)."""
+    code = _main(argv)
+    if argv is None:
+        # The process exits next, and the interpreter's shutdown would walk every object still alive (torch's
+        # modules, the run's tensors) in one last garbage collection: ~0.4 s of the 2.5 s Iris demo on the lab
+        # machine, for memory the OS takes back anyway. Frozen objects are left out of it; files, atexit
+        # handlers and finalizers behave as before.
+        gc.freeze()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     parser = _parser()

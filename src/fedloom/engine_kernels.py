@@ -9,6 +9,9 @@ and row weights ``w [a, batch, 1]`` (``1/b`` on the ``b`` real rows of a client'
   only (padding rows have weight 0), exactly as ``nn.BatchNorm1d`` on the unpadded batch.
 - :class:`VmapKernel`: any model without buffers or dropout, via ``torch.func.vmap(grad(loss))``.
 - :func:`sgd_`: ``torch.optim.SGD``'s update on the stacked tensors.
+
+While ``runtime.threads: auto`` measures (:mod:`fedloom.threads`), ``STEP_TIMER[0]`` holds its tuner and each
+kernel call is one timed step: the tuner sets the step's thread count before it and reads the clock after.
 """
 
 from __future__ import annotations
@@ -20,11 +23,28 @@ from torch.func import functional_call, grad, vmap
 
 from .training import LocalSpec
 
-__all__ = ["LinearKernel", "VmapKernel", "sgd_", "fast_stack"]
+__all__ = ["LinearKernel", "VmapKernel", "sgd_", "fast_stack", "STEP_TIMER"]
 
 _SOFTMAX_BY_HAND = 2048  # logits values from which the hand-written softmax beats log_softmax (measured)
 # Buffers start at 0 and every client starts at step 0, so "is_first_step=False" gives buf = g on step 1.
 _FUSED_SGD = getattr(torch, "_fused_sgd_", None)
+STEP_TIMER: list = [None]  # a ThreadTuner with step_begin(rows)/step_end() while `threads: auto` measures
+
+
+def _timed(call):
+    """A kernel's ``__call__`` that reports to ``STEP_TIMER`` when one is set (a list lookup otherwise)."""
+
+    def timed(self, views: tuple, x: torch.Tensor, *args) -> None:
+        timer = STEP_TIMER[0]
+        if timer is None:
+            return call(self, views, x, *args)
+        timer.step_begin(x.shape[0] * x.shape[1])  # rows of the step: clients × batch
+        try:
+            return call(self, views, x, *args)
+        finally:
+            timer.step_end()
+
+    return timed
 
 
 def _plain_bn(m: nn.Module) -> bool:
@@ -87,6 +107,7 @@ class LinearKernel:
         minus_one = torch.full((a, self.batch, 1), -1.0, device=p[0].device)  # −onehot(y), scattered into softmax
         return layers, minus_one
 
+    @_timed
     def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
         layers, minus_one = views
         hs, saved = [x], []  # input of each layer [a, batch, in]; BatchNorm's (x̂, 1/σ) per hidden layer
@@ -170,6 +191,7 @@ class VmapKernel:
     def views(self, a: int) -> tuple:
         return {n: p[:a] for n, p in zip(self.names, self.params)}, [g[:a] for g in self.grads]
 
+    @_timed
     def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
         params, grads = views
         g, neg_ce = self.per_client(params, x, y, w)

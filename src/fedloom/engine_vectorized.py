@@ -50,7 +50,8 @@ from .device import on_device
 from .engine_kernels import LinearKernel, VmapKernel, fast_stack, sgd_
 from .errors import ConfigError
 from .params import state_tensors
-from .training import CohortResult, LocalSpec, check_correction, check_local, client_seed, has_batchnorm
+from .seeds import client_seeds
+from .training import _SHUFFLE_TAG, CohortResult, LocalSpec, check_correction, check_local, has_batchnorm
 
 __all__ = ["VectorizedEngine", "supports", "linear_stack"]
 
@@ -113,8 +114,8 @@ def _plan(
     part = data.partition
     first, n = part.offsets[clients], part.offsets[np.add(clients, 1)] - part.offsets[clients]  # [clients]
     perms = []  # the reference's draws: per client a generator from client_seed, one randperm per epoch
-    for c, n_c in zip(clients, n.tolist()):
-        gen = torch.Generator().manual_seed(client_seed(seed, round, c))
+    for s, n_c in zip(client_seeds(seed, round, clients, _SHUFFLE_TAG).tolist(), n.tolist()):  # = client_seed
+        gen = torch.Generator().manual_seed(s)
         perms += [torch.randperm(n_c, generator=gen) for _ in range(E)]
     local = torch.cat(perms).numpy() if perms else np.zeros(0, np.int64)  # [Σ_c E·n_c] positions in shards
     per_epoch = steps_per_epoch(n, B, skip_single)  # [clients]

@@ -20,6 +20,7 @@ average that reads ``num_batches_tracked``), is refused by :func:`check_state` w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 
 import torch
@@ -50,18 +51,19 @@ class Layout:
         bufs = _float_buffers(model)
         return cls(tuple(n for n, _ in named + bufs), tuple(tuple(t.shape) for _, t in named + bufs), len(bufs))
 
-    @property
+    # computed once per Layout (it is frozen): every codec call of every client reads them
+    @cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(prod(s) for s in self.shapes)
 
-    @property
+    @cached_property
     def offsets(self) -> tuple[int, ...]:
         out = [0]
         for s in self.sizes:
             out.append(out[-1] + s)
         return tuple(out)
 
-    @property
+    @cached_property
     def size(self) -> int:
         return sum(self.sizes)
 

@@ -1,4 +1,4 @@
-"""``runtime.threads: auto``: pick torch's intra-op thread count by timing the run's own kernels.
+"""``runtime.threads: auto``: pick torch's intra-op thread count by timing the run's own work.
 
 Why not torch's default (one thread per core)? On an idle machine it is the fastest for the vectorized
 engine's batched GEMMs (2 threads ≈ 1.8× one on a 2-core machine), but as soon as another process keeps a
@@ -6,22 +6,30 @@ core busy, every parallel region waits for the thread that has no core: small GE
 13–35× slower than at 1 on that machine (issue 12). Neither fixed choice is right on a shared machine, so
 ``auto`` measures:
 
-1. **Probe.** Before the first cohort trains, a kernel shaped like the cohort's own work (the first
-   layer's batched matmul ``[clients, batch, in] × [clients, in, out]`` and its weight gradient for
-   Linear stacks; one forward and backward of the model otherwise) is timed at each candidate thread
-   count (1, 2, 4, … up to torch's default), interleaved, a few repetitions; a count that is 3× slower
-   than the best is not timed further (under load a collapsed count would otherwise dominate the cost).
+1. **Measure real steps** (vectorized engine). Until measured, a run uses 1 thread. The first local steps
+   are timed, each at one candidate thread count (1, 2, 4, … up to torch's default), interleaved: 1 thread
+   first (a warm-up step, then a timed one), then a warm-up step per other count, then timed steps until
+   each count has ``_REPS``; the time is seconds per trained row. A count whose step (warm-up or not) is
+   ``_DROP``× slower than the 1-thread step is not tried again: under load a collapsed count costs one
+   step. Before a count is first tried, the machine's runnable threads are read (:mod:`fedloom.cpuload`,
+   at the measurement's start and again then): a count whose cores other processes hold is not tried at
+   all, since beside a busy core even one collapsed step of S1 cost half the run's training; the next
+   look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step under ``_TINY_STEP`` ends
+   the measurement at 1 thread (nothing to parallelize).
+   The steps are the run's own training (S1 and S2 trained to the same bits at 1, 2 and auto threads on
+   the lab machine; tests/test_threads.py checks a small run), so measuring costs only the difference
+   between the counts. (A synthetic probe shaped like the first layer,
+   timed for a few milliseconds before the first cohort, chose 1 thread for S1 where 2 were 1.5× faster.)
+   The sequential engine, whose steps are not hooked, is measured with a copy of the model
+   (:func:`measure`, :func:`model_probe`).
 2. **Decide** (:func:`choose`): the fewest threads whose mean time is within ``tolerance`` of the fastest.
    The mean, not the median: a run pays the total, and under load the slow samples are the point.
    Fewer threads win near-ties because they are the ones that do not collapse when load arrives.
-3. **Look again** (:class:`ThreadTuner.observe`): every cohort's seconds per trained sample are watched;
-   when a cohort is much slower than the best since the last probe (load arrived), or a while has passed
-   (load may have left), the probe runs again.
-
-On an idle machine a probe costs a few milliseconds; beside busy cores about one scheduler slice per thread
-count tried (a collapsed count is timed for one call, then dropped). Kernels too small for torch to
-parallelize are decided at 1 thread from three single calls, and a decision is reused for the same kernel
-shapes within ``RECHECK_SECONDS`` in one process (a sweep of runs probes once, not once per run).
+3. **Look again.** At more than 1 thread every step stays timed: one ``SLOWDOWN``× slower per row than the
+   best step of its size since the decision (load arrived) starts a new measurement at the next step.
+   Every cohort's seconds per sample are watched too (:meth:`ThreadTuner.observe`, the sequential engine's
+   only signal), and after a while of training (load may have left) the next cohort is measured again.
+   At 1 thread nothing is re-measured for a slowdown: fewer threads cannot dodge load.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .cpuload import others_running, usable_cores
+
 __all__ = ["ThreadTuner", "TunedEngine", "choose", "candidates", "tune_threads", "threads_summary"]
 
 _DECISIONS: dict[tuple, tuple[float, int]] = {}  # (kernel key, max threads) → (when, threads chosen)
@@ -42,13 +52,17 @@ _TORCH_DEFAULT = torch.get_num_threads()  # read at import, before anyone change
 TOLERANCE = 0.10  # fewer threads win unless more threads are >10 % faster (the issue's idle-machine budget)
 SLOWDOWN = 2.5  # a cohort this much slower per sample than the best since the last probe triggers a new one
 # (a collapse is 10× and more; load noise on a shared machine reaches 2×, which must not trigger probes)
-RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed
+RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed;
+# measuring steps costs little: they are re-measured after 1 s, or 50× their slowest measured step if longer
+# (a collapsed count's step, the price of looking again under load, stays ≤ 2 % of the time)
+_RECHECK_STEPS = (1.0, 50.0)
+_RECHECK_CROWDED = 0.05  # after a count was skipped for other processes (nothing paid): look again soon
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
+_TINY_STEP = 300e-6  # a local step faster than this at 1 thread: its ops are too small for threads to save more
+# than a few microseconds each, against a collapse under load; 1 thread, other counts not tried
 _REPS = 3  # interleaved repetitions per candidate; the decision uses means
 _DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
 _TARGET_SECONDS = 5e-4  # one timed sample repeats the probe until it lasts about this long
-_PROBE_CLIENTS = 256  # clients in a probe: enough to parallelize over, few enough to cost milliseconds
-_PROBE_ROWS = 2048  # rows of a whole-model probe
 
 
 def candidates(maximum: int) -> list[int]:
@@ -116,23 +130,8 @@ def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> 
     return {n: t for n, t in times.items() if t}
 
 
-def linear_probe(clients: int, batch: int, features: int, out: int) -> Callable[[], None]:
-    """The vectorized engine's largest kernels for a Linear stack: forward ``baddbmm`` of the first layer
-    and its weight gradient ``bmm``, at the cohort's shapes."""
-    x, w = torch.randn(clients, batch, features), torch.randn(clients, features, out)  # [a, B, in], [a, in, out]
-    b, g = torch.randn(clients, 1, out), torch.randn(clients, batch, out)
-    gw = torch.empty(clients, out, features)
-
-    def probe() -> None:
-        torch.baddbmm(b, x, w)
-        torch.bmm(g.transpose(1, 2), x, out=gw)
-
-    probe.key = ("linear", clients, batch, features, out)  # same shapes, same decision (see ThreadTuner.probe)
-    return probe
-
-
 def model_probe(model: nn.Module, rows: int, features: int) -> Callable[[], None]:
-    """One forward and backward of (a copy of) ``model`` on ``rows`` random rows."""
+    """One forward and backward of (a copy of) ``model`` on ``rows`` random rows (the sequential engine)."""
     work = copy.deepcopy(model)
     x = torch.randn(rows, features)
 
@@ -146,16 +145,30 @@ def model_probe(model: nn.Module, rows: int, features: int) -> Callable[[], None
 
 @dataclass
 class ThreadTuner:
-    """Chooses and re-checks the thread count; ``clock`` and ``measure_fn`` are injectable for tests."""
+    """Chooses and re-checks the thread count; ``clock`` and ``measure_fn`` are injectable for tests.
+
+    Two ways to measure: :meth:`probe` times a callable (the sequential engine), :meth:`start` schedules the
+    next local steps of the vectorized engine, each timed between :meth:`step_begin` and :meth:`step_end`."""
 
     maximum: int = _TORCH_DEFAULT
     clock: Callable[[], float] = time.perf_counter
     measure_fn: Callable[[Callable[[], None], list[int]], dict[int, list[float]]] = measure
-    threads: int = 0  # the current choice (0 before the first probe)
-    probes: int = 0
+    crowd: Callable[[], int | None] = others_running  # other processes' runnable threads now (None: unknown)
+    cores: int = field(default_factory=usable_cores)
+    reps: int = _REPS
+    threads: int = 0  # the current choice (0 before the first decision)
+    probes: int = 0  # decisions made
     history: list[int] = field(default_factory=list)  # every choice made, in order
-    _best_rate: float = float("inf")  # seconds per sample, best cohort since the last probe
-    _since: float = 0.0  # training seconds since the last probe
+    _best_rate: float = float("inf")  # seconds per sample, best cohort since the last decision
+    _since: float = 0.0  # training seconds since the last decision
+    _plan: list[tuple[int, bool]] = field(default_factory=list)  # (threads, warm-up?) of the next steps to time
+    _times: dict[int, list[float]] = field(default_factory=dict)  # seconds per row of the timed steps
+    _step: tuple[float, int] = (0.0, 0)  # the step being timed: its start and rows
+    _slowest: float = 0.0  # seconds of the slowest step timed in the current measurement
+    _recheck: float = RECHECK_SECONDS  # training seconds after a decision before measuring again
+    _best_step: dict[int, float] = field(default_factory=dict)  # rows → best seconds per row since the decision
+    _crowd_at_start: int | None = None  # crowd() when the measurement started
+    _skipped: bool = False  # a count was left out of this measurement because other processes held its cores
 
     def probe(self, probe: Callable[[], None], fresh: bool = False) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it. A decision made in this
@@ -169,6 +182,11 @@ class ThreadTuner:
             chosen = 1 if len(counts) == 1 else choose(self.measure_fn(probe, counts))
             if key[0] is not None:
                 _DECISIONS[key] = (self.clock(), chosen)
+        self._recheck = RECHECK_SECONDS
+        return self._decide(chosen)
+
+    def _decide(self, chosen: int) -> int:
+        self._plan, self._best_step = [], {}
         self.probes += 1
         self.history.append(chosen)
         self.threads = chosen
@@ -176,19 +194,113 @@ class ThreadTuner:
         torch.set_num_threads(chosen)
         return chosen
 
+    # --- measuring the engine's own steps ---------------------------------------------------------------------
+    @property
+    def measuring(self) -> bool:
+        return bool(self._plan)
+
+    def start(self) -> None:
+        """Time the next steps: one warm-up step per count, then ``reps`` rounds of all counts, interleaved so
+        that load hits every count alike. One core: nothing to measure."""
+        counts = candidates(self.maximum)
+        if len(counts) == 1:
+            self._decide(1)
+            return
+        more = counts[1:]
+        # 1 thread first, warm-up (the first step of a process also warms torch up) and one timed step, so that
+        # every later count's first timed step can already be compared with it (and dropped if it collapsed)
+        self._plan = [(1, True), (1, False), *((n, True) for n in more), *((n, False) for n in more)]
+        self._plan += [(n, False) for _ in range(self.reps - 1) for n in counts]
+        self._times = {n: [] for n in counts}
+        self._slowest, self._skipped = 0.0, False
+        self._crowd_at_start = self.crowd()
+
+    def _fits(self, n: int) -> bool:
+        """Whether ``n`` threads find free cores: by the count of other runnable threads at the start of the
+        measurement or now, whichever is lower (one reading may catch a passing process)."""
+        readings = [c for c in (self._crowd_at_start, self.crowd()) if c is not None]
+        return not readings or min(readings) + n <= self.cores
+
+    @property
+    def watching(self) -> bool:
+        """Whether steps should be timed: while measuring, and while more than 1 thread is in use (a step
+        that collapses when load arrives starts a new measurement at once, not a cohort later)."""
+        return bool(self._plan) or self.threads > 1
+
+    def step_begin(self, rows: int) -> None:
+        """Before a local step of ``rows`` trained rows (all clients of the step): set its thread count. A count
+        about to be tried for the first time while other processes hold the cores it needs is not tried:
+        beside a busy core, one collapsed step of S1 cost 60–90 ms, half the run's training."""
+        while self._plan and self._plan[0][1] and self._plan[0][0] > 1 and not self._fits(self._plan[0][0]):
+            n = self._plan[0][0]
+            self._plan = [(m, w) for m, w in self._plan if m != n]
+            self._skipped = True
+            self._end_if_alone()
+        if self._plan:
+            torch.set_num_threads(self._plan[0][0])
+        self._step = (self.clock(), rows)
+
+    def step_end(self) -> None:
+        """After the step: record its seconds per row; drop a collapsed count; decide when the plan is done.
+        Outside a measurement: a step ``SLOWDOWN``× slower per row than the best of its size since the last
+        decision starts a new measurement."""
+        t0, rows = self._step
+        raw = self.clock() - t0
+        seconds = raw / max(1, rows)
+        if not self._plan:
+            best = self._best_step.setdefault(rows, seconds)
+            self._best_step[rows] = min(best, seconds)
+            if self.threads > 1 and seconds > SLOWDOWN * best:
+                self.start()
+            return
+        self._slowest = max(self._slowest, raw)
+        n, warm_up = self._plan.pop(0)
+        if not warm_up:
+            self._times[n].append(seconds)
+        if n == 1 and not warm_up and raw < _TINY_STEP:
+            self._plan = []  # too small to parallelize: nothing else to time
+        elif n > 1 and seconds > _DROP * min(self._times[1], default=float("inf")):
+            self._plan = [(m, w) for m, w in self._plan if m != n]  # collapsed (a busy core): not tried again
+        self._end_if_alone()
+        if not self._plan and self._times:
+            self._end()
+
+    def _end_if_alone(self) -> None:
+        """End the measurement once only 1 thread is left to time and it has been timed."""
+        if self._plan and all(m == 1 for m, _ in self._plan) and self._times[1]:
+            self._plan = []
+            self._end()
+
+    def _end(self) -> None:
+        if self._skipped:  # the other processes may be gone in a moment; looking again costs two readings
+            self._recheck = _RECHECK_CROWDED
+        else:
+            self._recheck = max(_RECHECK_STEPS[0], _RECHECK_STEPS[1] * self._slowest)
+        self._decide(choose({m: t for m, t in self._times.items() if t}))
+        self._times = {}
+
+    def settle(self) -> None:
+        """A cohort ended while steps were still being measured: until the plan goes on with the next cohort's
+        steps, use the best count so far (1 before any timing), e.g. for the round's evaluation."""
+        if self._plan:
+            timed = {m: t for m, t in self._times.items() if t}
+            torch.set_num_threads(choose(timed) if timed else 1)
+
     def observe(self, seconds: float, samples: int) -> bool:
         """Record one cohort (``seconds`` of training for ``samples`` sample-steps); True when the thread
         count should be measured again: this cohort was ``SLOWDOWN``× slower per sample than the best since
-        the last probe, or ``RECHECK_SECONDS`` of training have passed since it."""
+        the last decision, or ``RECHECK_SECONDS`` of training have passed since it (measured steps: after
+        ``_RECHECK_STEPS``)."""
         self._since += seconds
         rate = seconds / max(1, samples)
-        slow = rate > SLOWDOWN * self._best_rate
+        slow = self.threads > 1 and rate > SLOWDOWN * self._best_rate  # at 1 thread, load cannot be dodged
         self._best_rate = min(self._best_rate, rate)
-        return slow or self._since >= RECHECK_SECONDS
+        return slow or self._since >= self._recheck
 
 
 class TunedEngine:
-    """Wraps an engine: probes before the first cohort, times every cohort, re-probes when needed.
+    """Wraps an engine: measures before or during the first cohort, times every cohort, measures again when
+    needed.
 
     ``threads`` is an int (fixed: set once, never measured) or ``"auto"``."""
 
@@ -196,9 +308,9 @@ class TunedEngine:
         self.engine, self.setting = engine, threads
         self.device = torch.device("cpu")
         self.tuner = tuner if tuner is not None else ThreadTuner()
-        if threads != "auto":
-            torch.set_num_threads(int(threads))
-        self._pending = threads == "auto"  # probe before the next cohort
+        # auto: 1 thread until measured (whatever runs before the first step cannot collapse under load)
+        torch.set_num_threads(1 if threads == "auto" else int(threads))
+        self._pending = threads == "auto"  # measure again from the next cohort
 
     @property
     def name(self) -> str:
@@ -214,31 +326,35 @@ class TunedEngine:
         return self.tuner.threads if self.setting == "auto" else int(self.setting)
 
     def train(self, model: nn.Module, global_vec: torch.Tensor, data, clients: list[int], spec, *args, **kwargs):
-        if self._pending and clients:
-            fresh = self.tuner.probes > 0  # a re-check asked for by observe(): measure again
-            self.tuner.probe(_probe_for(self.engine, model, data, len(clients), spec.batch_size), fresh)
+        if self.setting != "auto" or not clients:
+            return self.engine.train(model, global_vec, data, clients, spec, *args, **kwargs)
+        steps = _steps_timed(self.engine, model)
+        if self._pending and not self.tuner.measuring:
+            if steps:
+                self.tuner.start()
+            else:
+                fresh = self.tuner.probes > 0  # a re-check asked for by observe(): measure again
+                self.tuner.probe(model_probe(model, spec.batch_size, data.num_features), fresh)
             self._pending = False
         t0 = self.tuner.clock()
-        out = self.engine.train(model, global_vec, data, clients, spec, *args, **kwargs)
-        if self.setting == "auto" and clients:
-            samples = int(data.partition.sizes()[clients].sum()) * spec.epochs
-            self._pending = self.tuner.observe(self.tuner.clock() - t0, samples)
+        from .engine_kernels import STEP_TIMER as timer  # late: that module imports torch.func
+
+        timer[0] = self.tuner if steps and self.tuner.watching else None
+        try:
+            out = self.engine.train(model, global_vec, data, clients, spec, *args, **kwargs)
+        finally:
+            timer[0] = None
+            self.tuner.settle()
+        samples = int(data.partition.sizes()[clients].sum()) * spec.epochs
+        self._pending = self.tuner.observe(self.tuner.clock() - t0, samples) or self._pending
         return out
 
 
-def _probe_for(engine: object, model: nn.Module, data, clients: int, batch: int) -> Callable[[], None]:
-    """A probe shaped like the cohort's work (see the module docstring): one client's batch for the
-    sequential engine, the cohort's (or chunk's) stacked batches for the vectorized one."""
-    from .engine_vectorized import linear_stack, supports  # late: that module imports torch.func
+def _steps_timed(engine: object, model: nn.Module) -> bool:
+    """Whether ``engine`` trains ``model`` with the vectorized engine's step kernels (which time themselves)."""
+    from .engine_vectorized import supports  # late: that module imports torch.func
 
-    if engine.name == "sequential" or (engine.name == "auto" and not supports(model)):
-        return model_probe(model, batch, data.num_features)
-    chunk = getattr(engine, "chunk", None) or getattr(getattr(engine, "vectorized", None), "chunk", None)
-    clients = min(clients, chunk or clients, _PROBE_CLIENTS)
-    linears = linear_stack(model)
-    if linears is not None:
-        return linear_probe(clients, batch, linears[0].in_features, linears[0].out_features)
-    return model_probe(model, min(clients * batch, _PROBE_ROWS), data.num_features)
+    return engine.name == "vectorized" or (engine.name == "auto" and supports(model))
 
 
 def tune_threads(

@@ -48,7 +48,14 @@ class Partition:
         return self.order[self.offsets[client] : self.offsets[client + 1]]
 
     def sizes(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """``[clients]`` rows per client (read-only, computed once: a round asks for it once per client,
+        which with 10 000 clients recomputed all of them 1 000 times a round)."""
+        cached = self.__dict__.get("_sizes")
+        if cached is None:
+            cached = np.diff(self.offsets)
+            cached.flags.writeable = False
+            self.__dict__["_sizes"] = cached  # the dataclass is frozen: its fields, not this cache
+        return cached
 
     def label_counts(self, y: np.ndarray, num_classes: int) -> np.ndarray:
         """``[clients, classes]`` number of rows of each label per client."""
