@@ -21,7 +21,7 @@ from ..algorithm_spec import AlgorithmConfig, AlgorithmsGrid, keeps_partial_work
 from ..config import Config
 from ..data import load_data
 from ..errors import FedloomError
-from .common import CURVES, derive, finish_with_curves, refuse, render_with_curves, run_with_progress
+from .common import CURVES, derive, finish_with_curves, partition_label, refuse, render_with_curves, run_with_progress
 from .plots import plot_band_curves
 from .seeds import cell, mean_std, merge_seeds, seed_list
 
@@ -188,5 +188,5 @@ def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]
             rounds = ", ".join(str(v) for v in stops)
             notes.append(f"{r['algorithm']} at stragglers {r['stragglers']:g} diverged in {len(stops)} of "
                          f"{len(seeds)} seeds (round {rounds}); its curve stops there.")  # fmt: skip
-    title = f"Federated optimizers: {cfg.type}, {cfg.model_name}, {cfg.partition.method} partition"
+    title = f"Federated optimizers: {cfg.type}, {cfg.model_name}, {partition_label(cfg)}"
     return table, columns, title, "\n\n".join(notes)

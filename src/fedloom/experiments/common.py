@@ -73,6 +73,13 @@ def plain_updates() -> dict[str, Any]:
     }
 
 
+def partition_label(cfg: Config) -> str:
+    """How the clients' data was split, for titles: synthetic data is split by its generator."""
+    if cfg.type == "synthetic":
+        return f"{cfg.synthetic.generator} generator's devices"
+    return f"{cfg.partition.method} partition"
+
+
 def refuse(where: str, message: str) -> None:
     """A setting the experiment cannot honour: one line, before anything runs."""
     raise ConfigError(f"experiment {where}: {message}")

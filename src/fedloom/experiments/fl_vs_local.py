@@ -22,7 +22,16 @@ from ..data import load_data
 from ..errors import FedloomError
 from ..simulation import Federation
 from ..training import LocalSpec
-from .common import as_written, derive, plain_updates, render_config, run_with_progress, write_outputs, write_table
+from .common import (
+    as_written,
+    derive,
+    partition_label,
+    plain_updates,
+    render_config,
+    run_with_progress,
+    write_outputs,
+    write_table,
+)
 from .plots import band
 from .seeds import cell, merge_seeds, seed_list
 
@@ -106,7 +115,7 @@ def _table(cfg: Config, summary: dict) -> tuple[list[dict], list[str], str, str]
     from ..report import markdown_table
 
     notes = f"## Per client ({spread})\n\n{markdown_table(table2)}"
-    title = f"FL model vs single-party models: {cfg.type}, {cfg.model_name}, {cfg.partition.method} partition, {spread}"
+    title = f"FL model vs single-party models: {cfg.type}, {cfg.model_name}, {partition_label(cfg)}, {spread}"
     return table1, ["setting", "accuracy"], title, notes
 
 
@@ -172,7 +181,7 @@ def _plot(results: list[dict], settings: list[dict], cfg: Config, seeds: int, pa
         ylabel="accuracy on the common eval set",
         ylim=(0, 1.05),
         xlim=(xs[0], xs[1]),
-        title=f"FL model vs single-party models ({cfg.type}, {cfg.partition.method} partition, {spread})",
+        title=f"FL model vs single-party models ({cfg.type}, {partition_label(cfg)}, {spread})",
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # outside: never hides a bar
     ax.grid(axis="y", alpha=0.3)
