@@ -63,13 +63,43 @@ _ACT_COPIES = 3  # activations are held for backward, plus their gradients and o
 _GATHER_BYTES = 4 * 2**20  # inputs gathered at once (a few steps of batches): bounded whatever the epochs
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What the engine reads of a model's structure, once per model (modules are not rebuilt while they train)."""
+
+    supported: bool  # see supports()
+    batchnorm: bool  # training.has_batchnorm
+    linear: bool  # a Linear/[BatchNorm1d]/ReLU stack (engine_kernels.fast_stack)
+    shapes: tuple[torch.Size, ...]  # state tensors in Layout order: parameters, then float buffers
+    num_params: int  # how many of them are parameters
+    size: int  # values in all of them
+
+
+_SHAPES: weakref.WeakKeyDictionary[nn.Module, _Shape] = weakref.WeakKeyDictionary()
+
+
+def _shape(model: nn.Module) -> _Shape:
+    shape = _SHAPES.get(model)
+    if shape is None:
+        stack = fast_stack(model)
+        dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+        tensors = state_tensors(model)
+        shape = _SHAPES[model] = _Shape(
+            supported=not dropout and (next(model.buffers(), None) is None or stack is not None),
+            batchnorm=has_batchnorm(model),
+            linear=stack is not None,
+            shapes=tuple(t.shape for t in tensors),
+            num_params=len(list(model.parameters())),
+            size=sum(t.numel() for t in tensors),
+        )
+    return shape
+
+
 def supports(model: nn.Module) -> bool:
     """Whether the vectorized engine reproduces the reference for ``model``: no dropout (its random masks
     would differ from the reference's), and buffers (BatchNorm running statistics) only in a
     Linear/BatchNorm1d/ReLU stack, whose kernel carries them."""
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
-        return False
-    return next(model.buffers(), None) is None or fast_stack(model) is not None
+    return _shape(model).supported
 
 
 def linear_stack(model: nn.Module) -> list[nn.Linear] | None:
@@ -104,13 +134,65 @@ def steps_per_epoch(n: np.ndarray, batch: int, skip_single: bool) -> np.ndarray:
     return n // batch + (n % batch > (1 if skip_single else 0))
 
 
+@dataclass
+class _Layout:
+    """Where each drawn position of a plan goes: everything of a plan that depends only on the clients' shard
+    sizes, the batch size and the epochs (kept for cohorts of the same sizes)."""
+
+    kept: np.ndarray  # [Σ_c E·n_c] bool: False only on a skipped trailing one-row batch
+    client: np.ndarray  # [kept] the position's client (in the chunk)
+    slot: np.ndarray  # [kept] its slot
+    column: np.ndarray  # [kept] its column in the slot's batch
+    shape: tuple[int, int]  # [slots, batch]
+    weight: torch.Tensor  # [slots, batch, 1]
+    owner: torch.Tensor  # [slots]
+    active: list[int]  # [steps]
+    offsets: list[int]  # [steps + 1]
+
+
+_LAYOUTS: dict[tuple, _Layout] = {}  # a few recent ones (small cohorts only), oldest first
+_KEEP_LAYOUTS, _KEEP_POSITIONS = 8, 100_000
+
+
+def _layout(n: np.ndarray, B: int, E: int, skip_single: bool) -> _Layout:
+    """The :class:`_Layout` of shards of ``n`` rows (non-increasing steps): the reference's batches, padded to
+    full batches and laid out step-major. Index arithmetic is numpy: for these small arrays its per-call cost
+    is a fraction of torch's."""
+    key = (tuple(n.tolist()), B, E, skip_single)
+    if key in _LAYOUTS:
+        return _LAYOUTS[key]
+    C = len(n)
+    per_epoch = steps_per_epoch(n, B, skip_single)  # [clients]
+    steps = E * per_epoch  # [clients], non-increasing
+    active = (steps[None, :] > np.arange(steps.max() if C else 0)[:, None]).sum(1)  # [steps]
+    offsets = np.concatenate([[0], np.cumsum(active)]).astype(np.int64)  # [steps + 1]
+    # Drawn position j of epoch e of client r goes to slot offsets[e·per_epoch[r] + j // B] + r, column j % B.
+    block_len = np.repeat(n, E)  # [clients·epochs] one block per (client, epoch)
+    block = np.repeat(np.arange(C * E), block_len)  # [Σ] block of each drawn position
+    j = np.arange(len(block)) - (np.cumsum(block_len) - block_len)[block]  # [Σ] position within its epoch
+    r, e = block // E, block % E
+    kept = j // B < per_epoch[r]  # [Σ]
+    j, r, e = j[kept], r[kept], e[kept]
+    slot = offsets[e * per_epoch[r] + j // B] + r
+    real = np.zeros((int(offsets[-1]), B), dtype=bool)
+    real[slot, j % B] = True
+    weight = (real / np.maximum(real.sum(1, keepdims=True), 1)).astype(np.float32)[:, :, None]
+    owner = np.arange(len(real)) - np.repeat(offsets[:-1], active)  # [slots] the slot's client
+    out = _Layout(kept, r, slot, j % B, real.shape, torch.from_numpy(weight), torch.from_numpy(owner),
+                  active.tolist(), offsets.tolist())  # fmt: skip
+    if len(block) <= _KEEP_POSITIONS:
+        _LAYOUTS[key] = out
+        while len(_LAYOUTS) > _KEEP_LAYOUTS:
+            del _LAYOUTS[next(iter(_LAYOUTS))]
+    return out
+
+
 def _plan(
     data: FedData, clients: list[int], spec: LocalSpec, seed: int, round: int, skip_single: bool = False
 ) -> _Plan:
     """The reference's batches of every client (same generator, one randperm per epoch), padded to full
-    batches and laid out step-major. ``clients`` must be sorted by number of steps, most first.
-    Index arithmetic is numpy: for these small arrays its per-call cost is a fraction of torch's."""
-    B, E, C = spec.batch_size, spec.epochs, len(clients)
+    batches and laid out step-major. ``clients`` must be sorted by number of steps, most first."""
+    B, E = spec.batch_size, spec.epochs
     part = data.partition
     first, n = part.offsets[clients], part.offsets[np.add(clients, 1)] - part.offsets[clients]  # [clients]
     perms = []  # the reference's draws: per client a generator from client_seed, one randperm per epoch
@@ -118,28 +200,11 @@ def _plan(
         gen = torch.Generator().manual_seed(s)
         perms += [torch.randperm(n_c, generator=gen) for _ in range(E)]
     local = torch.cat(perms).numpy() if perms else np.zeros(0, np.int64)  # [Σ_c E·n_c] positions in shards
-    per_epoch = steps_per_epoch(n, B, skip_single)  # [clients]
-    steps = E * per_epoch  # [clients], non-increasing
-    active = (steps[None, :] > np.arange(steps.max() if C else 0)[:, None]).sum(1)  # [steps]
-    offsets = np.concatenate([[0], np.cumsum(active)])  # [steps + 1]
-    # Drawn position j of epoch e of client r goes to slot offsets[e·per_epoch[r] + j // B] + r, column j % B.
-    block_len = np.repeat(n, E)  # [clients·epochs] one block per (client, epoch)
-    block = np.repeat(np.arange(C * E), block_len)  # [Σ] block of each drawn position
-    j = np.arange(len(local)) - (np.cumsum(block_len) - block_len)[block]  # [Σ] position within its epoch
-    r, e = block // E, block % E
-    kept = j // B < per_epoch[r]  # [Σ] False only on a skipped trailing one-row batch
-    local, j, r, e = local[kept], j[kept], r[kept], e[kept]
-    rows = np.full((offsets[-1], B), -1, dtype=np.int64)  # [slots, batch] rows of x_train
-    rows[offsets[e * per_epoch[r] + j // B] + r, j % B] = part.order[first[r] + local]
-    real = rows >= 0
-    weight = (real / real.sum(1, keepdims=True)).astype(np.float32)[:, :, None]  # [slots, batch, 1]
-    rows[~real] = 0  # padding gathers row 0, with weight 0
-    owner = np.arange(len(rows)) - np.repeat(offsets[:-1], active)  # [slots] the slot's client
+    lay = _layout(n, B, E, skip_single)
+    rows = np.zeros(lay.shape, dtype=np.int64)  # [slots, batch] rows of x_train; padding gathers row 0 (weight 0)
+    rows[lay.slot, lay.column] = part.order[first[lay.client] + local[lay.kept]]
     rows_t = torch.from_numpy(rows)
-    return _Plan(
-        rows_t, data.y_train[rows_t].unsqueeze(2), torch.from_numpy(weight), torch.from_numpy(owner),
-        active.tolist(), offsets.tolist(),
-    )  # fmt: skip
+    return _Plan(rows_t, data.y_train[rows_t].unsqueeze(2), lay.weight, lay.owner, lay.active, lay.offsets)
 
 
 def _segments(plan: _Plan, row_bytes: int) -> list[tuple[int, int]]:
@@ -154,17 +219,61 @@ def _segments(plan: _Plan, row_bytes: int) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------------------------- engine
-def _stack(model: nn.Module, start: torch.Tensor, C: int) -> list[torch.Tensor]:
-    """``[clients, *shape]`` copies (never views) of the model's tensors in Layout order (params, then float
-    buffers), from ``start``: one flat vector ``[params]`` for every client, or one row per client."""
-    state, first = [], 0
-    for t in state_tensors(model):
-        if start.dim() == 1:
-            state.append(start[first : first + t.numel()].view(t.shape).expand(C, *t.shape).clone())
+class _Workspace:
+    """The stacked ``[clients, ...]`` tensors of a chunk (state, gradients, momentum buffers), the step kernel
+    and its views: built for one (model, chunk size, batch, device) and, when small, kept for the next round
+    with that shape: building them costs a small cohort more than its steps."""
+
+    def __init__(self, model: nn.Module, shape: _Shape, C: int, B: int, device: torch.device):
+        flat = torch.empty(C * shape.size, device=device)  # tensor-major: each state tensor one block
+        self.state, first = [], 0
+        for s in shape.shapes:
+            self.state.append(flat[first : first + C * s.numel()].view(C, *s))
+            first += C * s.numel()
+        self.params, self.buffers = self.state[: shape.num_params], self.state[shape.num_params :]
+        self.grads = [torch.empty_like(p) for p in self.params]
+        self.bufs = [torch.zeros_like(p) for p in self.params]
+        if shape.linear:
+            self.kernel: LinearKernel | VmapKernel = LinearKernel(model, self.params, self.grads, self.buffers, B)
         else:
-            state.append(start[:, first : first + t.numel()].reshape(C, *t.shape).clone())
-        first += t.numel()
-    return state
+            self.kernel = VmapKernel(model, self.params, self.grads)
+        self.views: dict[int, tuple] = {}  # active count → (kernel views, params, grads, bufs) of the first a
+        self.bytes = (2 * C * shape.size + 2 * C * sum(p[0].numel() for p in self.params)) * _F32
+
+    def start(self, start: torch.Tensor) -> None:
+        """State from ``start``: one flat vector ``[params]`` for every client, or one row per client; momentum 0."""
+        first = 0
+        for t in self.state:
+            size = t[0].numel()
+            if start.dim() == 1:
+                t.copy_(start[first : first + size].view(t.shape[1:]).expand(t.shape))
+            else:
+                t.copy_(start[:, first : first + size].reshape(t.shape))
+            first += size
+        torch._foreach_zero_(self.bufs)
+
+    def step_views(self, a: int) -> tuple:
+        if a not in self.views:
+            self.views[a] = (self.kernel.views(a), *([t[:a] for t in ts] for ts in (self.params, self.grads, self.bufs)))
+        return self.views[a]
+
+
+_KEEP_BYTES = 16 * 2**20  # a workspace up to this size is kept for the next chunk of its shape
+_WORKSPACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, _Workspace]] = weakref.WeakKeyDictionary()
+
+
+def _workspace(model: nn.Module, C: int, B: int, device: torch.device) -> _Workspace:
+    """A workspace for this chunk: the kept one when its shape matches, else a new one (kept when small)."""
+    key = (C, B, device)
+    kept = _WORKSPACES.get(model)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    ws = _Workspace(model, _shape(model), C, B, device)
+    if ws.bytes <= _KEEP_BYTES:
+        _WORKSPACES[model] = (key, ws)
+    else:
+        _WORKSPACES.pop(model, None)
+    return ws
 
 
 def _shifts(
@@ -196,38 +305,29 @@ def _train_chunk(
     local terms of ``spec.mu`` and ``correction`` ``[clients, params]`` (same order);
     ``(diffs [clients, params] vs global_vec, loss sums)``."""
     C, B, device = len(clients), spec.batch_size, device or global_vec.device
-    state = _stack(model, global_vec if starts is None else starts, C)
-    num_params = len(list(model.parameters()))
-    params, buffers = state[:num_params], state[num_params:]  # buffers: BatchNorm running statistics
-    shifts = _shifts(params, global_vec, spec.mu, correction)  # None without local terms
-    grads = [torch.empty_like(p) for p in params]
-    bufs = [torch.zeros_like(p) for p in params]
-    if fast_stack(model) is not None:
-        kernel: LinearKernel | VmapKernel = LinearKernel(model, params, grads, buffers, B)
-    else:
-        kernel = VmapKernel(model, params, grads)
-    plan = _plan(data, clients, spec, seed, round, has_batchnorm(model)).to(device)  # built on the CPU (numpy)
+    shape = _shape(model)
+    ws = _workspace(model, C, B, device)
+    ws.start(global_vec if starts is None else starts)
+    shifts = _shifts(ws.params, global_vec, spec.mu, correction)  # None without local terms
+    plan = _plan(data, clients, spec, seed, round, shape.batchnorm).to(device)  # built on the CPU (numpy)
     logp_y = torch.empty_like(plan.weight)  # [slots, batch, 1]
-    views: dict[int, tuple] = {}  # active count → (kernel views, params, grads, bufs) of the first a clients
     x_all = on_device(data.x_train, device)  # copied once per dataset and device
+    kernel = ws.kernel
     for first, last in _segments(plan, B * data.num_features * _F32):
         base = plan.offsets[first]
         rows = plan.rows[base : plan.offsets[last]]  # [slots in segment, batch]
         x_seg = x_all.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [slots, batch, features]
         for t in range(first, last):
             a, lo, hi = plan.active[t], plan.offsets[t], plan.offsets[t + 1]
-            if a not in views:
-                s_a = None if shifts is None else [s[:a] for s in shifts]
-                views[a] = (kernel.views(a), *([t[:a] for t in ts] for ts in (params, grads, bufs)), s_a)
-            v, p_a, g_a, b_a, s_a = views[a]
+            v, p_a, g_a, b_a = ws.step_views(a)
             kernel(v, x_seg[lo - base : hi - base], plan.y[lo:hi], plan.weight[lo:hi], logp_y[lo:hi])
-            if s_a is not None:
-                torch._foreach_add_(g_a, s_a)  # c − c_i − μ·w_t; sgd_ adds μ·w as weight decay
+            if shifts is not None:
+                torch._foreach_add_(g_a, [s[:a] for s in shifts])  # c − c_i − μ·w_t; sgd_ adds μ·w as weight decay
             sgd_(p_a, g_a, b_a, spec)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch
     loss_sum = torch.zeros(C, dtype=torch.float64, device=device).index_add_(0, plan.owner, batch_loss)
-    diffs = torch.cat([t.reshape(C, -1) for t in state], 1) - global_vec  # [clients, params]
+    diffs = torch.cat([t.reshape(C, -1) for t in ws.state], 1) - global_vec  # [clients, params]
     return diffs, loss_sum
 
 
@@ -277,7 +377,7 @@ class VectorizedEngine:
         (``terms``: local terms hold two more model-sized vectors per client, the correction and shift)."""
         if self.chunk is not None:
             return [clients[i : i + self.chunk] for i in range(0, len(clients), self.chunk)]
-        num_params = sum(t.numel() for t in state_tensors(model))
+        num_params = _shape(model).size
         act = _activations_per_row(model, data.num_features)
         vectors = 6 if terms else 4  # params, grad, buf, diff (and correction, shift)
         fixed = (vectors * num_params + _ACT_COPIES * spec.batch_size * act) * _F32  # and activations
@@ -319,26 +419,35 @@ class VectorizedEngine:
             )
         check_local(model, spec)
         check_correction(correction, (len(clients), global_vec.numel()))
-        sizes = data.partition.sizes()[clients]
-        per_epoch = torch.from_numpy(steps_per_epoch(sizes, spec.batch_size, has_batchnorm(model)))  # [clients]
-        n = torch.from_numpy(sizes).long()  # [clients]
-        rows = torch.minimum(n, per_epoch * spec.batch_size) * spec.epochs  # [clients] rows trained on
-        order = torch.argsort(per_epoch, descending=True, stable=True).tolist()  # most steps first
-        diffs = torch.zeros(len(clients), global_vec.numel())  # [clients, params] in the caller's order
-        loss_sum = torch.zeros(len(clients), dtype=torch.float64)
-        done, device = 0, self.device or torch.device("cpu")
+        sizes = data.partition.sizes()[clients]  # [clients] numpy: cheaper than torch for these few values
+        per_epoch = steps_per_epoch(sizes, spec.batch_size, _shape(model).batchnorm)  # [clients]
+        rows = np.minimum(sizes, per_epoch * spec.batch_size) * spec.epochs  # [clients] rows trained on
+        order = np.argsort(-per_epoch, kind="stable")  # most steps first
+        device = self.device or torch.device("cpu")
         terms = bool(spec.mu) or correction is not None
-        for chunk in self.chunks(model, data, [clients[i] for i in order], spec, terms):
-            pos = torch.tensor(order[done : done + len(chunk)], dtype=torch.int64)
+        chunks = self.chunks(model, data, [clients[i] for i in order.tolist()], spec, terms)
+        one = len(chunks) == 1  # then the chunk's rows are reordered once; else each chunk's go to their places
+        diffs = None if one else torch.zeros(len(clients), global_vec.numel())  # [clients, params], caller's order
+        loss_sum = None if one else torch.zeros(len(clients), dtype=torch.float64)
+        done = 0
+        for chunk in chunks:
+            pos = torch.from_numpy(order[done : done + len(chunk)])
             start = None if starts is None else starts[pos].to(device)
             corr = None if correction is None else correction[pos].to(device)
             d, loss = _train_chunk(model, global_vec.to(device), data, chunk, spec, seed, round, start, device, corr)
-            diffs[pos], loss_sum[pos] = d.cpu(), loss.cpu()  # the wire is on the CPU: one copy per chunk
+            d, loss = d.cpu(), loss.cpu()  # the wire is on the CPU: one copy per chunk
+            if one:
+                back = torch.from_numpy(np.argsort(order, kind="stable"))
+                diffs, loss_sum = d[back], loss[back]
+            else:
+                diffs[pos], loss_sum[pos] = d, loss
             done += len(chunk)
+        if diffs is None:  # no clients
+            diffs, loss_sum = torch.zeros(0, global_vec.numel()), torch.zeros(0, dtype=torch.float64)
         return CohortResult(
             clients=list(clients),
             diffs=diffs,
-            num_samples=n,
-            train_loss=(loss_sum / rows.clamp_min(1)).float(),
-            steps=per_epoch * spec.epochs,
+            num_samples=torch.from_numpy(sizes.astype(np.int64)),
+            train_loss=(loss_sum / torch.from_numpy(np.maximum(rows, 1))).float(),
+            steps=torch.from_numpy(per_epoch * spec.epochs),
         )

@@ -33,7 +33,7 @@ from .secure.guard import Contribution, KeyHolderRefusal
 from .secure.secagg import SecAggState, add_updates, apply_aggregate, decrypt_aggregate
 from .server import Server
 
-__all__ = ["Answer", "Task", "Replies", "Cohort", "SecureServer", "Round", "check_update"]
+__all__ = ["Answer", "Task", "Replies", "Cohort", "SecureServer", "Round", "check_update", "check_updates"]
 
 
 @dataclass
@@ -96,12 +96,21 @@ class SecureServer:
 
 def check_update(values: torch.Tensor, max_norm: float) -> str:
     """Why a decoded update ``[params]`` may not touch the model ("" when it may)."""
-    norm = float(torch.linalg.vector_norm(values.double()))
-    if not math.isfinite(norm) and not bool(torch.isfinite(values).all()):  # one pass over the values when fine
-        return "update has non-finite values (NaN or Inf)"
-    if norm > max_norm:
-        return f"update norm {norm:.4g} exceeds runtime.max_update_norm {max_norm:g}"
-    return ""
+    return check_updates(values.reshape(1, -1), max_norm)[0]
+
+
+def check_updates(values: torch.Tensor, max_norm: float) -> list[str]:
+    """:func:`check_update` of every row of ``values`` ``[clients, params]``, in one pass when all are fine."""
+    norms = torch.linalg.vector_norm(values.double(), dim=1).tolist()  # [clients]
+    out = []
+    for i, norm in enumerate(norms):
+        if not math.isfinite(norm) and not bool(torch.isfinite(values[i]).all()):
+            out.append("update has non-finite values (NaN or Inf)")
+        elif norm > max_norm:
+            out.append(f"update norm {norm:.4g} exceeds runtime.max_update_norm {max_norm:g}")
+        else:
+            out.append("")
+    return out
 
 
 class Round:
@@ -193,18 +202,39 @@ class Round:
             self.log(f"round {rnd}: not applied: {why} ({len(kept)}, need runtime.min_clients {need})")
         return False
 
-    def _plain(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> list[Answer] | None:
-        """Decode and check each update, then aggregate the good ones; None when the round is not applied."""
-        layout, max_norm = self.channel.layout, self.cfg.runtime.max_update_norm
-        kept, values, present, controls = [], [], [], []
+    def _decode(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> tuple[list[tuple], torch.Tensor]:
+        """``(answer, values [params], present [params] or None)`` of each answer that decodes to an update of
+        the layout's size, and their values stacked ``[decoded, params]``; the others fail with the reason. The cohort is decoded in one call when it can be,
+        else each payload alone, so that a bad one fails only its sender."""
+        size = self.channel.layout.size
+        if len(answers) > 1:
+            try:
+                values, present = self.channel.decode_up([a.payload for a in answers], [a.client for a in answers], rnd)
+            except Exception:  # noqa: BLE001 - one of them is malformed: find it below
+                values = None
+            if values is not None and values.shape == (len(answers), size):
+                rows = [(a, values[i], None if present is None else present[i]) for i, a in enumerate(answers)]
+                return rows, values
+        out = []
         for a in answers:
             try:
                 (v,), p = self.channel.decode_up([a.payload], [a.client], rnd)  # [1, params]
             except Exception as e:  # noqa: BLE001 - a payload from the wire may be malformed in any way
                 failed[a.client] = f"payload does not decode: {e}"
                 continue
-            reason = "" if v.numel() == layout.size else f"update of {v.numel()} values, expected {layout.size}"
-            reason = reason or check_update(v, max_norm)
+            if v.numel() != size:
+                failed[a.client] = f"update of {v.numel()} values, expected {size}"
+                continue
+            out.append((a, v, None if p is None else p[0]))
+        return out, torch.stack([v for _, v, _ in out]) if out else torch.zeros(0, size)
+
+    def _plain(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> list[Answer] | None:
+        """Decode and check each update, then aggregate the good ones; None when the round is not applied."""
+        layout = self.channel.layout
+        decoded, stacked = self._decode(rnd, answers, failed)  # [(answer, values, present)], [decoded, params]
+        reasons = check_updates(stacked, self.cfg.runtime.max_update_norm)
+        kept, values, present, controls = [], [], [], []
+        for (a, v, p), reason in zip(decoded, reasons):
             if reason:
                 failed[a.client] = reason
                 continue
@@ -216,10 +246,10 @@ class Round:
                     continue
             kept.append(a)
             values.append(v)
-            present.append(None if p is None else p[0])
+            present.append(p)
         if self.privacy is None and not self._enough(rnd, kept):
             return None  # with privacy every round releases its noised sum, however few answered
-        diffs = torch.stack(values) if values else torch.zeros(0, layout.size)  # [clients, params]
+        diffs = stacked if len(values) == len(decoded) else torch.stack(values) if values else stacked[:0]
         mask = None
         if any(p is not None for p in present):
             full = torch.ones(layout.size, dtype=torch.bool)

@@ -46,6 +46,16 @@ __all__ = ["Federation", "LocalCohort", "RunResult", "run_federation"]
 
 _DROPOUT_TAG = 4  # stream id of the simulated-failure RNG
 _SECURE_TAG = 5  # stream id of the packing's stochastic rounding
+_FREE_SECONDS = 0.25  # the machine's free memory is read again after this long (a read costs ~25 µs)
+_FREE_READ = [-1e9, 0.0]  # (monotonic time of the last read, MB available then)
+
+
+def _free_mb() -> float:
+    """Memory available on this machine, in MB, read at most every ``_FREE_SECONDS``."""
+    now = time.monotonic()
+    if now - _FREE_READ[0] > _FREE_SECONDS:
+        _FREE_READ[:] = [now, psutil.virtual_memory().available / 2**20]
+    return _FREE_READ[1]
 
 
 @dataclass
@@ -81,7 +91,7 @@ class LocalCohort:
         received = fed.channel.down_codec.decode(down, ctx).values  # every client decodes the same broadcast
         dropped = np.random.default_rng([cfg.seed, rnd, _DROPOUT_TAG]).random(len(clients)) < cfg.runtime.dropout
         alive, failed = [], {}
-        free_mb = psutil.virtual_memory().available / 2**20  # simulated clients share this machine's memory
+        free_mb = _free_mb()  # simulated clients share this machine's memory
         for cid, drop in zip(clients, dropped):
             report = fed.clients[cid].check_resources(fed.num_params, fed.spec, free_mb)
             reason = "dropped out (runtime.dropout)" if drop else ("" if report.ok else f"refused: {report.reason}")
