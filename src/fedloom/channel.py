@@ -11,6 +11,7 @@ error feedback (the same as ``compression.error_feedback: true``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from .params import Layout
 __all__ = ["Channel", "split_ef", "BROADCAST_ID"]
 
 BROADCAST_ID = 0  # client id in the down codec's context: one broadcast payload for everybody
+_LITTLE_ENDIAN = sys.byteorder == "little"  # float32 in memory is the wire's "<f4": payloads copy as bytes
 
 
 def split_ef(spec: str) -> tuple[str, bool]:
@@ -54,7 +56,7 @@ class Channel:
     def _raw_up(self) -> bool:
         """The upload is plain fp32 (``none``, no error feedback): its payloads are the tags and the raw values."""
         codec = self.up_codec
-        return self.ef is None and getattr(codec, "sparsifier", 1) is None and isinstance(codec.values, Float32Values)
+        return _LITTLE_ENDIAN and self.ef is None and getattr(codec, "sparsifier", 1) is None and isinstance(codec.values, Float32Values)
 
     def up(self, diffs: torch.Tensor, clients: Sequence[int], round: int) -> list[bytes]:
         """Client side: one payload per row of ``diffs`` ``[clients, params]``."""
@@ -76,9 +78,10 @@ class Channel:
         if self._raw_up and payloads and len(payloads) == len(clients):
             size, head = self.layout.size, self.up_codec._head
             if all(len(p) == 2 + 4 * size and p[:2] == head for p in payloads):  # else the codec says what is wrong
-                raw = b"".join(bytes(memoryview(p)[2:]) for p in payloads)
-                values = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(len(payloads), size)
-                return torch.from_numpy(values), None
+                values = torch.empty(len(payloads), size)  # native float32: "<f4" here (checked at import)
+                raw = np.frombuffer(b"".join(payloads), np.uint8).reshape(len(payloads), 2 + 4 * size)
+                values.numpy().view(np.uint8).reshape(len(payloads), 4 * size)[:] = raw[:, 2:]  # tags dropped
+                return values, None
         return decode_batch(self.up_codec, payloads, list(clients), layout=self.layout, round=round, seed=self.seed)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

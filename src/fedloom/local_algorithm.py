@@ -88,6 +88,11 @@ class LocalAlgorithm:
         zero = torch.zeros(self.size)
         return torch.stack([c - self.controls.get(cid, zero) for cid in clients])
 
+    @property
+    def changes_uploads(self) -> bool:
+        """Whether :meth:`finish` changes a client's update or adds control bytes (FedNova, SCAFFOLD)."""
+        return self.name in ("fednova", "scaffold")
+
     def finish(self, cid: int, diff: torch.Tensor, steps: int, c: torch.Tensor | None) -> tuple[torch.Tensor, bytes]:
         """What client ``cid`` uploads after ``steps`` local steps: ``(update, control bytes)``."""
         if self.name == "fednova":

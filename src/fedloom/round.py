@@ -177,9 +177,9 @@ class Round:
 
     def _admissible(self, answers: list[Answer], cohort: list[int], failed: dict[int, str]) -> list[Answer]:
         """Answers from this round's cohort, one per client, with a sample count in ``1..declared``."""
-        out, seen = [], set()
+        out, seen, asked = [], set(), set(cohort)
         for a in answers:
-            if a.client not in cohort or a.client in seen:
+            if a.client not in asked or a.client in seen:
                 continue  # not asked, or answered twice: nobody to blame but the transport
             seen.add(a.client)
             declared = self.cohort.declared_samples(a.client)
@@ -202,10 +202,13 @@ class Round:
             self.log(f"round {rnd}: not applied: {why} ({len(kept)}, need runtime.min_clients {need})")
         return False
 
-    def _decode(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> tuple[list[tuple], torch.Tensor]:
-        """``(answer, values [params], present [params] or None)`` of each answer that decodes to an update of
-        the layout's size, and their values stacked ``[decoded, params]``; the others fail with the reason. The cohort is decoded in one call when it can be,
-        else each payload alone, so that a bad one fails only its sender."""
+    def _decode(
+        self, rnd: int, answers: list[Answer], failed: dict[int, str]
+    ) -> tuple[list[Answer], torch.Tensor, torch.Tensor | None]:
+        """The answers that decode to an update of the layout's size, their values ``[decoded, params]`` and
+        which entries each one sent (``[decoded, params]`` bool, or None: all); the others fail with the reason.
+        The cohort is decoded in one call when it can be, else each payload alone, so that a bad one fails
+        only its sender."""
         size = self.channel.layout.size
         if len(answers) > 1:
             try:
@@ -213,9 +216,8 @@ class Round:
             except Exception:  # noqa: BLE001 - one of them is malformed: find it below
                 values = None
             if values is not None and values.shape == (len(answers), size):
-                rows = [(a, values[i], None if present is None else present[i]) for i, a in enumerate(answers)]
-                return rows, values
-        out = []
+                return list(answers), values, present
+        ok, rows, masks = [], [], []
         for a in answers:
             try:
                 (v,), p = self.channel.decode_up([a.payload], [a.client], rnd)  # [1, params]
@@ -225,16 +227,20 @@ class Round:
             if v.numel() != size:
                 failed[a.client] = f"update of {v.numel()} values, expected {size}"
                 continue
-            out.append((a, v, None if p is None else p[0]))
-        return out, torch.stack([v for _, v, _ in out]) if out else torch.zeros(0, size)
+            ok.append(a)
+            rows.append(v)
+            masks.append(None if p is None else p[0])
+        values = torch.stack(rows) if rows else torch.zeros(0, size)
+        if all(m is None for m in masks):
+            return ok, values, None
+        full = torch.ones(size, dtype=torch.bool)
+        return ok, values, torch.stack([full if m is None else m for m in masks])
 
     def _plain(self, rnd: int, answers: list[Answer], failed: dict[int, str]) -> list[Answer] | None:
         """Decode and check each update, then aggregate the good ones; None when the round is not applied."""
-        layout = self.channel.layout
-        decoded, stacked = self._decode(rnd, answers, failed)  # [(answer, values, present)], [decoded, params]
-        reasons = check_updates(stacked, self.cfg.runtime.max_update_norm)
-        kept, values, present, controls = [], [], [], []
-        for (a, v, p), reason in zip(decoded, reasons):
+        decoded, diffs, mask = self._decode(rnd, answers, failed)  # [clients, params] values and present
+        keep, controls = [], []
+        for i, (a, reason) in enumerate(zip(decoded, check_updates(diffs, self.cfg.runtime.max_update_norm))):
             if reason:
                 failed[a.client] = reason
                 continue
@@ -244,16 +250,13 @@ class Round:
                 except ValueError as e:
                     failed[a.client] = str(e)
                     continue
-            kept.append(a)
-            values.append(v)
-            present.append(p)
+            keep.append(i)
+        kept = [decoded[i] for i in keep]
+        if len(keep) < len(decoded):
+            idx = torch.tensor(keep, dtype=torch.int64)
+            diffs, mask = diffs[idx], None if mask is None else mask[idx]
         if self.privacy is None and not self._enough(rnd, kept):
             return None  # with privacy every round releases its noised sum, however few answered
-        diffs = stacked if len(values) == len(decoded) else torch.stack(values) if values else stacked[:0]
-        mask = None
-        if any(p is not None for p in present):
-            full = torch.ones(layout.size, dtype=torch.bool)
-            mask = torch.stack([full if p is None else p for p in present])  # [clients, params]
         if self.privacy is not None:
             self.server.global_vec = self.privacy.sum.step(rnd, self.server.global_vec, diffs, mask)
             return kept

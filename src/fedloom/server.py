@@ -53,6 +53,7 @@ class Server:
         self.health: dict[int, ClientHealth] = {}
         self.eval_model: nn.Module | None = None  # a copy on runtime.device when it is not the CPU
         self.sampling = "fixed"  # runtime.sampling: "poisson" lets each client join with probability k/num_clients
+        self._dense = _dense_layers(model)  # [(offset, out, in)] of a Linear/ReLU stack, else None
 
     def sample(self, round: int) -> list[int]:
         """``k`` distinct client ids for ``round`` (poisson: each client independently with probability
@@ -69,17 +70,35 @@ class Server:
     @torch.no_grad()
     def evaluate(self, vec: torch.Tensor | None = None) -> tuple[float, float]:
         """(accuracy as a fraction, mean cross-entropy) of ``vec`` (default: the global model) on the eval set."""
-        model = self.model if self.eval_model is None else self.eval_model
-        load_into(model, self.global_vec if vec is None else vec)
-        model.eval()
+        vec = self.global_vec if vec is None else vec
+        if self.eval_model is None and self._dense is not None and vec.numel() == self.layout.size:
+            forward = self._dense_forward(vec)  # the model's own arithmetic on views of vec: no copy into it
+        else:
+            forward = self.model if self.eval_model is None else self.eval_model
+            load_into(forward, vec)
+            forward.eval()
         correct, loss = 0, 0.0
         for start in range(0, len(self.y_eval), _EVAL_BATCH):
             x, y = self.x_eval[start : start + _EVAL_BATCH], self.y_eval[start : start + _EVAL_BATCH]
-            logits = model(x)
+            logits = forward(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum())
         n = max(1, len(self.y_eval))
         return correct / n, loss / n
+
+    def _dense_forward(self, vec: torch.Tensor):
+        """``x ↦ logits`` of a Linear/ReLU stack whose weights are views of ``vec`` (F.linear and F.relu, as
+        the modules call them: the same numbers as loading ``vec`` into the model)."""
+        layers = [(vec[w : w + o * i].view(o, i), vec[w + o * i : w + o * i + o]) for w, o, i in self._dense]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            for n, (weight, bias) in enumerate(layers):
+                x = F.linear(x, weight, bias)
+                if n < len(layers) - 1:
+                    x = F.relu(x)
+            return x
+
+        return forward
 
     # --- client health -------------------------------------------------------------------------------
     def _h(self, cid: int) -> ClientHealth:
@@ -103,3 +122,23 @@ class Server:
 
     def load_health(self, table: dict[str, dict]) -> None:
         self.health = {int(c): ClientHealth(**h) for c, h in table.items()}
+
+
+def _dense_layers(model: nn.Module) -> list[tuple[int, int, int]] | None:
+    """``[(offset of the weight in the flat vector, out, in)]`` when ``model`` is ``Linear (ReLU Linear)*``
+    with biases and no buffers (fnn, mlp, logreg), else None."""
+    sequential = isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward
+    mods = [model] if type(model) is nn.Linear else list(model) if sequential else []
+    if not mods or len(mods) % 2 == 0 or next(model.buffers(), None) is not None:
+        return None
+    out, offset = [], 0
+    for n, m in enumerate(mods):
+        if n % 2 == 1:
+            if type(m) is not nn.ReLU:
+                return None
+            continue
+        if type(m) is not nn.Linear or m.bias is None:
+            return None
+        out.append((offset, m.out_features, m.in_features))
+        offset += m.weight.numel() + m.bias.numel()
+    return out

@@ -104,10 +104,8 @@ class LocalCohort:
         res, steps, controls = self._train_alive(rnd, received, alive, task)
         if fed.secure is None:
             payloads = fed.channel.up(res.diffs, alive, rnd)  # each client's codec (and error feedback)
-            answers = [
-                Answer(c, p, int(n), float(loss), steps=s, control=b)
-                for c, p, n, loss, s, b in zip(alive, payloads, res.num_samples, res.train_loss, steps, controls)
-            ]
+            numbers = zip(alive, payloads, res.num_samples.tolist(), res.train_loss.tolist(), steps, controls)
+            answers = [Answer(c, p, int(n), float(loss), steps=s, control=b) for c, p, n, loss, s, b in numbers]
             return Replies(answers, failed, len(clients))
         answers = []
         for c, d, n, loss, s in zip(alive, res.diffs, res.num_samples, res.train_loss, steps):
@@ -137,15 +135,17 @@ class LocalCohort:
         if cfg.privacy.enabled:  # DP-FedAvg's client side, before the upload codec (privacy/mechanism.py)
             rows = [privatize_update(cfg.privacy, d, cfg.seed, rnd, c) for c, d in zip(alive, res.diffs)]
             res.diffs = torch.stack(rows)
-        steps = [int(s) for s in res.steps]
-        outs = [algo.finish(cid, d, s, c) for cid, d, s in zip(alive, res.diffs, steps)]
-        res.diffs = torch.stack([d for d, _ in outs])
+        steps = [int(s) for s in res.steps.tolist()]
+        controls = [b""] * len(alive)
+        if algo.changes_uploads:
+            outs = [algo.finish(cid, d, s, c) for cid, d, s in zip(alive, res.diffs, steps)]
+            res.diffs, controls = torch.stack([d for d, _ in outs]), [b for _, b in outs]
         if fed.attack is not None:  # simulated attackers replace their updates here, before the upload (attacks/)
             spec = algo.spec(fed.spec)
             res = fed.attack.apply(
                 rnd, res, lambda d, cl: fed.engine.train(fed.model, received, d, cl, spec, cfg.seed, rnd)
             )
-        return res, steps, [b for _, b in outs]
+        return res, steps, controls
 
     def _encrypt(self, rnd: int, cid: int, diff: torch.Tensor, n: int, stats: dict) -> bytes:
         """The ENCRYPT stage on client ``cid``: ciphertexts of ``(w_i/w_ref)·diff`` and ``w_i``."""

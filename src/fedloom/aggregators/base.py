@@ -48,7 +48,8 @@ class Aggregator(ABC):
         partial updates, ``present`` ``[clients, params]`` bool (which coordinates each client sent)."""
         if diffs.shape[0] == 0:
             return global_vec.clone()
-        w = torch.tensor([self.weight(int(n)) for n in num_samples], dtype=diffs.dtype)  # [clients]
+        counts = num_samples.tolist() if isinstance(num_samples, torch.Tensor) else num_samples
+        w = torch.tensor([self.weight(int(n)) for n in counts], dtype=diffs.dtype)  # [clients]
         total = float(w.sum())
         if present is None:
             weighted_sum = w @ diffs  # [params]
