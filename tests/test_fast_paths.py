@@ -4,7 +4,6 @@ engine's kept workspace and batch layouts (nothing leaks from one call into the 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

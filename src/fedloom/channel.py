@@ -56,7 +56,12 @@ class Channel:
     def _raw_up(self) -> bool:
         """The upload is plain fp32 (``none``, no error feedback): its payloads are the tags and the raw values."""
         codec = self.up_codec
-        return _LITTLE_ENDIAN and self.ef is None and getattr(codec, "sparsifier", 1) is None and isinstance(codec.values, Float32Values)
+        return (
+            _LITTLE_ENDIAN
+            and self.ef is None
+            and getattr(codec, "sparsifier", 1) is None
+            and isinstance(codec.values, Float32Values)
+        )
 
     def up(self, diffs: torch.Tensor, clients: Sequence[int], round: int) -> list[bytes]:
         """Client side: one payload per row of ``diffs`` ``[clients, params]``."""

@@ -254,7 +254,10 @@ class _Workspace:
 
     def step_views(self, a: int) -> tuple:
         if a not in self.views:
-            self.views[a] = (self.kernel.views(a), *([t[:a] for t in ts] for ts in (self.params, self.grads, self.bufs)))
+            self.views[a] = (
+                self.kernel.views(a),
+                *([t[:a] for t in ts] for ts in (self.params, self.grads, self.bufs)),
+            )
         return self.views[a]
 
 
