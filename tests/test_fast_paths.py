@@ -131,3 +131,12 @@ def test_results_do_not_alias_the_kept_workspace():
     saved = first.diffs.clone()
     engine.train(net, flatten(net) + 1, data, [2, 3], spec, 0, 2)  # same shape: the same workspace
     assert torch.equal(first.diffs, saved)
+
+
+@pytest.mark.parametrize(("model", "hidden"), [("fnn", None), ("mlp", [16, 8]), ("mlp_bn", [32]), ("logreg", None)])
+def test_activation_count_without_a_probe_equals_the_probes(model, hidden, monkeypatch):
+    net = build_model(model, 64, 10, hidden, None, 0)
+    counted = ev._activations_per_row(net, 64)
+    ev._ACTIVATIONS.pop(net)
+    monkeypatch.setattr(ev, "fast_stack", lambda m: None)  # forces the probe forward pass
+    assert ev._activations_per_row(net, 64) == counted

@@ -339,6 +339,11 @@ _ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDiction
 
 def _activations_per_row(model: nn.Module, features: int) -> int:
     """Values one input row produces in all layers' outputs (a probe forward pass, once per model)."""
+    stack = None if model in _ACTIVATIONS else fast_stack(model)
+    if stack is not None:  # the probe's count without running it: each layer's output, and the model's
+        last = stack[-1][0].out_features
+        hidden = sum(lin.out_features * (3 if bn is not None else 2) for lin, bn in stack[:-1])  # Linear, BN, ReLU
+        _ACTIVATIONS[model] = features + hidden + last * (1 if isinstance(model, nn.Linear) else 2)
     if model not in _ACTIVATIONS:
         total = [features]
 
