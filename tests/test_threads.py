@@ -276,6 +276,44 @@ def test_a_step_that_collapses_later_starts_a_new_measurement():
     assert used.count(2) == 2  # the step that noticed it and the new measurement's warm-up
 
 
+def test_one_moderately_slow_step_is_noise_two_in_a_row_are_load():
+    tuner = _step_tuner()
+    tuner.start()
+    _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 10)
+    assert tuner.threads == 2
+    used = _run_steps(tuner, {1: 1e-3, 2: 1.5e-3}, 1) + _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 3)
+    assert used == [2, 2, 2, 2] and tuner.history == [2]  # 3× once (a preempted thread): nothing measured
+    used = _run_steps(tuner, {1: 1e-3, 2: 1.5e-3}, 2) + _run_steps(tuner, {1: 1e-3, 2: 1.5e-3}, 2)
+    assert used[:2] == [2, 2] and used[2:] == [1, 1]  # 3× twice: load, measured again (1 thread first)
+    assert tuner.measuring
+
+
+def test_our_own_running_threads_are_not_counted_as_others(monkeypatch):
+    import fedloom.cpuload as cl
+
+    runs = iter([{"1", "2"}, {"1"}])  # our OpenMP worker ran at the first look, slept by the second
+    monkeypatch.setattr(cl, "_running_tasks", lambda: next(runs))
+    real_open = open
+
+    def fake_open(path, *a, **k):
+        if path == "/proc/loadavg":
+            import io
+
+            return io.StringIO("0.50 0.40 0.30 2/300 12345")  # both of ours were counted here
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert cl.others_running() == 0
+
+
+def test_the_reading_thread_sees_itself_running():
+    import threading
+
+    import fedloom.cpuload as cl
+
+    assert str(threading.get_native_id()) in cl._running_tasks()
+
+
 def test_noise_at_one_thread_starts_nothing():
     tuner = _step_tuner()
     tuner.start()

@@ -25,8 +25,9 @@ core busy, every parallel region waits for the thread that has no core: small GE
 2. **Decide** (:func:`choose`): the fewest threads whose mean time is within ``tolerance`` of the fastest.
    The mean, not the median: a run pays the total, and under load the slow samples are the point.
    Fewer threads win near-ties because they are the ones that do not collapse when load arrives.
-3. **Look again.** At more than 1 thread every step stays timed: one ``SLOWDOWN``× slower per row than the
-   best step of its size since the decision (load arrived) starts a new measurement at the next step.
+3. **Look again.** At more than 1 thread every step stays timed: one ``COLLAPSE``× slower per row than the
+   best step of its size since the decision (load arrived), or two in a row ``SLOWDOWN``× slower, start a new
+   measurement at the next step (one step between the two may be the OS preempting a thread for a moment).
    Every cohort's seconds per sample are watched too (:meth:`ThreadTuner.observe`, the sequential engine's
    only signal), and after a while of training (load may have left) the next cohort is measured again.
    At 1 thread nothing is re-measured for a slowdown: fewer threads cannot dodge load.
@@ -52,6 +53,9 @@ _TORCH_DEFAULT = torch.get_num_threads()  # read at import, before anyone change
 TOLERANCE = 0.10  # fewer threads win unless more threads are >10 % faster (the issue's idle-machine budget)
 SLOWDOWN = 2.5  # a cohort this much slower per sample than the best since the last probe triggers a new one
 # (a collapse is 10× and more; load noise on a shared machine reaches 2×, which must not trigger probes)
+COLLAPSE = 8.0  # one step this much slower per row than the best of its size is a collapse (load): measure at
+# once; a step between SLOWDOWN and COLLAPSE× slower may be the OS preempting a thread for a moment (a 2 ms step
+# of S1 hit by a few ms): it counts when the next step is slow too
 RECHECK_SECONDS = 5.0  # and at least this often (of training time), so a load that leaves is noticed;
 # measuring steps costs little: they are re-measured after 1 s, or 50× their slowest measured step if longer
 # (a collapsed count's step, the price of looking again under load, stays ≤ 2 % of the time)
@@ -169,6 +173,7 @@ class ThreadTuner:
     _best_step: dict[int, float] = field(default_factory=dict)  # rows → best seconds per row since the decision
     _crowd_at_start: int | None = None  # crowd() when the measurement started
     _skipped: bool = False  # a count was left out of this measurement because other processes held its cores
+    _slow_steps: int = 0  # consecutive steps SLOWDOWN× slower than the best of their size (outside a measurement)
 
     def probe(self, probe: Callable[[], None], fresh: bool = False) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it. A decision made in this
@@ -186,7 +191,7 @@ class ThreadTuner:
         return self._decide(chosen)
 
     def _decide(self, chosen: int) -> int:
-        self._plan, self._best_step = [], {}
+        self._plan, self._best_step, self._slow_steps = [], {}, 0
         self.probes += 1
         self.history.append(chosen)
         self.threads = chosen
@@ -250,8 +255,10 @@ class ThreadTuner:
         if not self._plan:
             best = self._best_step.setdefault(rows, seconds)
             self._best_step[rows] = min(best, seconds)
-            if self.threads > 1 and seconds > SLOWDOWN * best:
-                self.start()
+            slow = self.threads > 1 and seconds > SLOWDOWN * best
+            self._slow_steps = self._slow_steps + 1 if slow else 0
+            if slow and (self._slow_steps >= 2 or seconds > COLLAPSE * best):
+                self.start()  # load arrived: a collapse at once, a lesser slowdown when the next step confirms it
             return
         self._slowest = max(self._slowest, raw)
         n, warm_up = self._plan.pop(0)
