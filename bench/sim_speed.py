@@ -42,7 +42,9 @@ the same contender in the same process: the first ``torch.optim`` step of a proc
 End to end adds what a run builds before its rounds (model, loaders, federation; for Flower: Ray, its actors
 and their start-up, and Ray's shutdown; data already in memory for everyone, or for Flower's actors in the .npz).
 Repetitions are interleaved across contenders so that load from other jobs on the machine hits all alike;
-the table reports medians. Compare ratios within one run, not seconds across runs.
+the table reports medians. Before each run the script waits (up to 10 s) until no other process's thread is
+runnable: Ray's processes outlive Flower's shutdown for a moment, and nobody is timed beside them. Compare
+ratios within one run, not seconds across runs.
 """
 
 from __future__ import annotations
@@ -362,6 +364,7 @@ def time_workload(workload: str, threads: list[int], reps: int) -> dict[str, dic
     out: dict[str, dict[int, Result]] = {n: {} for n in runnable}
 
     def attempt(name: str) -> Result | None:
+        quiet()  # Ray's processes outlive its shutdown for a moment: nobody is timed beside them
         if name not in EXTERNAL:
             return runnable[name](workload, data)
         try:
@@ -386,6 +389,16 @@ def time_workload(workload: str, threads: list[int], reps: int) -> dict[str, dic
                 out[name][t] = {k: statistics.median(r[k] for r in results) for k in results[0]}
                 out[name][t]["accuracy"] = results[-1]["accuracy"]
     return {n: r for n, r in out.items() if r}
+
+
+def quiet(patience: float = 10.0) -> None:
+    """Wait (at most ``patience`` s) until no other process's thread is runnable on this machine: the table
+    compares contenders on an idle machine, and ``runtime.threads: auto`` would rightly avoid a busy core."""
+    from fedloom.cpuload import others_running
+
+    end = time.perf_counter() + patience
+    while time.perf_counter() < end and all((others_running() or 0) > 0 for _ in range(3)):
+        time.sleep(0.05)
 
 
 def sgemm_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
