@@ -235,11 +235,21 @@ def test_steps_are_measured_interleaved_and_the_faster_count_wins():
     tuner = _step_tuner()
     tuner.start()
     assert tuner.measuring and tuner.watching
-    used = _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 10)
+    used = _run_steps(tuner, {1: 1e-3, 2: 0.8e-3}, 10)  # 1.25×: not decided by one sample each
     # 1 thread: warm-up and one timed step; 2 threads: warm-up, timed; then 2 more rounds of both
     assert used[:8] == [1, 1, 2, 2, 1, 2, 1, 2]
     assert not tuner.measuring and tuner.threads == 2 and tuner.history == [2]
     assert used[8:] == [2, 2] and torch.get_num_threads() == 2
+
+
+def test_a_clear_difference_is_decided_after_one_sample_of_each():
+    tuner = _step_tuner()
+    tuner.start()
+    used = _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 6)  # 2× faster (S1's case)
+    assert used == [1, 1, 2, 2, 2, 2] and tuner.history == [2] and not tuner.measuring
+    tuner.start()
+    used = _run_steps(tuner, {1: 1e-3, 2: 2.5e-3}, 6)  # 2.5× slower, under _DROP: one sample says it too
+    assert used[:4] == [1, 1, 2, 2] and used[4:] == [1, 1] and tuner.history == [2, 1]
 
 
 def test_a_collapsed_count_costs_one_step():
@@ -333,11 +343,11 @@ def test_one_core_measures_nothing():
 def test_a_cohort_ending_mid_measurement_uses_the_best_so_far():
     tuner = _step_tuner()
     tuner.start()
-    _run_steps(tuner, {1: 1e-3, 2: 0.4e-3}, 4)  # 1 warm-up, 1 timed, 2 warm-up, 2 timed
+    _run_steps(tuner, {1: 1e-3, 2: 0.8e-3}, 4)  # 1 warm-up, 1 timed, 2 warm-up, 2 timed
     assert tuner.measuring
     tuner.settle()
     assert torch.get_num_threads() == 2  # for the round's evaluation until the next cohort's steps go on
-    _run_steps(tuner, {1: 1e-3, 2: 0.4e-3}, 4)
+    _run_steps(tuner, {1: 1e-3, 2: 0.8e-3}, 4)
     assert tuner.history == [2]
 
 
@@ -376,7 +386,7 @@ def test_cores_freed_later_are_used_at_the_next_look():
 def test_one_busy_reading_is_not_enough_to_skip_a_count():
     tuner = _step_tuner(crowd=(1, 0))  # a passing process at start; the cores free when 2 threads' turn comes
     tuner.start()
-    used = _run_steps(tuner, {1: 1e-3, 2: 0.5e-3}, 8)
+    used = _run_steps(tuner, {1: 1e-3, 2: 0.8e-3}, 8)
     assert used.count(2) == 4 and tuner.history == [2]
 
 

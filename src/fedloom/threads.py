@@ -9,9 +9,10 @@ core busy, every parallel region waits for the thread that has no core: small GE
 1. **Measure real steps** (vectorized engine). Until measured, a run uses 1 thread. The first local steps
    are timed, each at one candidate thread count (1, 2, 4, … up to torch's default), interleaved: 1 thread
    first (a warm-up step, then a timed one), then a warm-up step per other count, then timed steps until
-   each count has ``_REPS``; the time is seconds per trained row. A count whose step (warm-up or not) is
-   ``_DROP``× slower than the 1-thread step is not tried again: under load a collapsed count costs one
-   step. Before a count is first tried, the machine's runnable threads are read (:mod:`fedloom.cpuload`,
+   each count has ``_REPS`` (or until one sample of each is ``_EARLY``× away from the winner's: S1's 2
+   threads are ~1.9× faster, and each further 1-thread step costs); the time is seconds per trained row. A
+   count whose step (warm-up or not) is ``_DROP``× slower than the 1-thread step is not tried again: under
+   load a collapsed count costs one step. Before a count is first tried, the machine's runnable threads are read (:mod:`fedloom.cpuload`,
    at the measurement's start and again then): a count whose cores other processes hold is not tried at
    all, since beside a busy core even one collapsed step of S1 cost half the run's training; the next
    look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step under ``_TINY_STEP`` ends
@@ -66,6 +67,7 @@ _TINY_STEP = 300e-6  # a local step faster than this at 1 thread: its ops are to
 # than a few microseconds each, against a collapse under load; 1 thread, other counts not tried
 _REPS = 3  # interleaved repetitions per candidate; the decision uses means
 _DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
+_EARLY = 1.5  # one sample of every count, each this far from the winner's: decided without more repetitions
 _TARGET_SECONDS = 5e-4  # one timed sample repeats the probe until it lasts about this long
 
 
@@ -91,6 +93,16 @@ def choose(timings: dict[int, list[float]], tolerance: float = TOLERANCE) -> int
     med = {n: statistics.fmean(t) for n, t in timings.items()}
     best = min(med.values())
     return min(n for n, m in med.items() if m <= best * (1 + tolerance))
+
+
+def _decisive(timings: dict[int, list[float]]) -> bool:
+    """Whether the timings already decide: every count timed, and each one's first sample at least ``_EARLY``×
+    away from the winner's (in either direction), so that more samples would not change :func:`choose`."""
+    if len(timings) < 2 or not all(timings.values()):
+        return False
+    first = {n: t[0] for n, t in timings.items()}
+    best = choose({n: [t] for n, t in first.items()})
+    return all(max(t, first[best]) >= _EARLY * min(t, first[best]) for n, t in first.items() if n != best)
 
 
 def measure(probe: Callable[[], None], counts: list[int], reps: int = _REPS) -> dict[int, list[float]]:
@@ -268,9 +280,15 @@ class ThreadTuner:
             self._plan = []  # too small to parallelize: nothing else to time
         elif n > 1 and seconds > _DROP * min(self._times[1], default=float("inf")):
             self._plan = [(m, w) for m, w in self._plan if m != n]  # collapsed (a busy core): not tried again
+        elif not warm_up and _decisive({m: t for m, t in self._times.items() if m in self._counts_left()}):
+            self._plan = []  # one sample of each count already tells: the rest would only cost (1 thread's steps)
         self._end_if_alone()
         if not self._plan and self._times:
             self._end()
+
+    def _counts_left(self) -> set[int]:
+        """The counts still in this measurement: timed already or still planned."""
+        return {m for m, t in self._times.items() if t} | {m for m, _ in self._plan}
 
     def _end_if_alone(self) -> None:
         """End the measurement once only 1 thread is left to time and it has been timed."""
