@@ -12,11 +12,11 @@ core busy, every parallel region waits for the thread that has no core: small GE
    each count has ``_REPS`` (or until one sample of each is ``_EARLY``× away from the winner's: S1's 2
    threads are ~1.9× faster, and each further 1-thread step costs); the time is seconds per trained row. A
    count whose step (warm-up or not) is ``_DROP``× slower than the 1-thread step is not tried again: under
-   load a collapsed count costs one step. Before a count is first tried, the machine's runnable threads are read (:mod:`fedloom.cpuload`,
-   at the measurement's start and again then): a count whose cores other processes hold is not tried at
-   all, since beside a busy core even one collapsed step of S1 cost half the run's training; the next
-   look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step under ``_TINY_STEP`` ends
-   the measurement at 1 thread (nothing to parallelize).
+   load a collapsed count costs one step. Before a count is first tried, the machine's runnable threads
+   are read (:mod:`fedloom.cpuload`, at the measurement's start and again then): a count whose cores other
+   processes hold is not tried at all, since beside a busy core even one collapsed step of S1 cost half the
+   run's training; the next look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step
+   under ``_TINY_STEP`` ends the measurement at 1 thread (nothing to parallelize).
    The steps are the run's own training (S1 and S2 trained to the same bits at 1, 2 and auto threads on
    the lab machine; tests/test_threads.py checks a small run), so measuring costs only the difference
    between the counts. (A synthetic probe shaped like the first layer,
