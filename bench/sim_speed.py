@@ -392,13 +392,22 @@ def time_workload(workload: str, threads: list[int], reps: int) -> dict[str, dic
 
 
 def quiet(patience: float = 10.0) -> None:
-    """Wait (at most ``patience`` s) until no other process's thread is runnable on this machine: the table
-    compares contenders on an idle machine, and ``runtime.threads: auto`` would rightly avoid a busy core."""
-    from fedloom.cpuload import others_running
+    """Wait (at most ``patience`` s) until no other thread is runnable on this machine, this process's own
+    included (Flower's simulation leaves Ray's threads in it for a while): the table compares contenders on
+    an idle machine, and ``runtime.threads: auto`` would rightly avoid a busy core."""
+    import threading
 
-    end = time.perf_counter() + patience
-    while time.perf_counter() < end and all((others_running() or 0) > 0 for _ in range(3)):
-        time.sleep(0.05)
+    from fedloom.cpuload import _running_tasks, others_running
+
+    me = str(threading.get_native_id())
+
+    def busy() -> bool:
+        return bool((others_running() or 0) > 0 or _running_tasks() - {me})
+
+    end, calm = time.perf_counter() + patience, 0
+    while time.perf_counter() < end and calm < 5:  # five calm readings 10 ms apart
+        calm = 0 if busy() else calm + 1
+        time.sleep(0.01)
 
 
 def sgemm_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:

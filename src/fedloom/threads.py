@@ -11,8 +11,11 @@ core busy, every parallel region waits for the thread that has no core: small GE
    first (a warm-up step, then a timed one), then a warm-up step per other count, then timed steps until
    each count has ``_REPS`` (or until one sample of each is ``_EARLY``× away from the winner's: S1's 2
    threads are ~1.9× faster, and each further 1-thread step costs); the time is seconds per trained row. A
-   count whose step (warm-up or not) is ``_DROP``× slower than the 1-thread step is not tried again: under
-   load a collapsed count costs one step. Before a count is first tried, the machine's runnable threads
+   count whose timed step is ``_DROP``× slower than the 1-thread step is not tried again: under load a
+   collapsed count costs one step, two the first time the tuner tries it: its first warm-up step alone does
+   not drop it, since a count's first step may wait for its new threads to get a core (10–19 ms instead of
+   ~1 ms for S1's 2-thread warm-up on an idle lab machine, now and then), which one step cannot tell from
+   load. Before a count is first tried, the machine's runnable threads
    are read (:mod:`fedloom.cpuload`, at the measurement's start and again then): a count whose cores other
    processes hold is not tried at all, since beside a busy core even one collapsed step of S1 cost half the
    run's training; the next look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step
@@ -186,6 +189,7 @@ class ThreadTuner:
     _crowd_at_start: int | None = None  # crowd() when the measurement started
     _skipped: bool = False  # a count was left out of this measurement because other processes held its cores
     _slow_steps: int = 0  # consecutive steps SLOWDOWN× slower than the best of their size (outside a measurement)
+    _used: set[int] = field(default_factory=set)  # counts this tuner has run steps at (their threads exist)
 
     def probe(self, probe: Callable[[], None], fresh: bool = False) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it. A decision made in this
@@ -265,6 +269,7 @@ class ThreadTuner:
         raw = self.clock() - t0
         seconds = raw / max(1, rows)
         if not self._plan:
+            self._used.add(self.threads)
             best = self._best_step.setdefault(rows, seconds)
             self._best_step[rows] = min(best, seconds)
             slow = self.threads > 1 and seconds > SLOWDOWN * best
@@ -274,11 +279,13 @@ class ThreadTuner:
             return
         self._slowest = max(self._slowest, raw)
         n, warm_up = self._plan.pop(0)
+        first_use, slowest_ok = n not in self._used, _DROP * min(self._times[1], default=float("inf"))
+        self._used.add(n)
         if not warm_up:
             self._times[n].append(seconds)
         if n == 1 and not warm_up and raw < _TINY_STEP:
             self._plan = []  # too small to parallelize: nothing else to time
-        elif n > 1 and seconds > _DROP * min(self._times[1], default=float("inf")):
+        elif n > 1 and not (warm_up and first_use) and seconds > slowest_ok:
             self._plan = [(m, w) for m, w in self._plan if m != n]  # collapsed (a busy core): not tried again
         elif not warm_up and _decisive({m: t for m, t in self._times.items() if m in self._counts_left()}):
             self._plan = []  # one sample of each count already tells: the rest would only cost (1 thread's steps)
