@@ -85,6 +85,7 @@ def test_evaluation_without_loading_gives_the_models_own_numbers(model, dataset,
     assert server._dense is not None
     vec = server.global_vec + 0.3 * torch.randn(server.layout.size, generator=torch.Generator().manual_seed(0))
     fast = server.evaluate(vec)
+    assert server.evaluate(vec.double()) == fast  # another dtype: copied into the float32 model, as before
     server._dense = None  # the plain path: copy into the model, call it
     assert server.evaluate(vec) == fast
     assert torch.equal(flatten(fed.model), vec)  # (only the plain path wrote into the model)

@@ -71,7 +71,8 @@ class Server:
     def evaluate(self, vec: torch.Tensor | None = None) -> tuple[float, float]:
         """(accuracy as a fraction, mean cross-entropy) of ``vec`` (default: the global model) on the eval set."""
         vec = self.global_vec if vec is None else vec
-        if self.eval_model is None and self._dense is not None and vec.numel() == self.layout.size:
+        plain = vec.dtype == self.x_eval.dtype and vec.device == self.x_eval.device and vec.is_contiguous()
+        if self.eval_model is None and self._dense is not None and plain and vec.numel() == self.layout.size:
             forward = self._dense_forward(vec)  # the model's own arithmetic on views of vec: no copy into it
         else:
             forward = self.model if self.eval_model is None else self.eval_model
