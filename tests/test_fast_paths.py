@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cohorts import Relay
 from torch import nn
 
 import fedloom.engine_vectorized as ev
@@ -23,17 +24,12 @@ from fedloom.training import LocalSpec
 BASE = {"type": "iris", "model_name": "fnn", "no_models": 5, "k": 5, "global_epochs": 2, "lr": 0.1, "seed": 3}
 
 
-class Replace:
+class Replace(Relay):
     """A cohort whose real clients answer, then ``change[c](answer)`` replaces client c's answer (None: drop)."""
 
     def __init__(self, inner, change: dict):
-        self.inner, self.change = inner, change
-
-    def declared_samples(self, client):
-        return self.inner.declared_samples(client)
-
-    def key_holder(self, rnd):
-        return self.inner.key_holder(rnd)
+        super().__init__(inner)
+        self.change = change
 
     def train(self, rnd, clients, down, task):
         rep = self.inner.train(rnd, clients, down, task)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cohorts import Relay
 
 from fedloom.algorithm_spec import ALGORITHMS
 from fedloom.config import build_config
@@ -27,17 +28,12 @@ def _cfg(**more):
     return build_config({**BASE, **more})
 
 
-class Spy:
+class Spy(Relay):
     """A cohort that records the answers (and may change client 0's) before the round sees them."""
 
     def __init__(self, inner, change=None):
-        self.inner, self.change, self.seen = inner, change, []
-
-    def declared_samples(self, client):
-        return self.inner.declared_samples(client)
-
-    def key_holder(self, rnd):
-        return self.inner.key_holder(rnd)
+        super().__init__(inner)
+        self.change, self.seen = change, []
 
     def train(self, rnd, clients, down, task):
         rep = self.inner.train(rnd, clients, down, task)

@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from cohorts import Relay
 
 from fedloom.cli import main
 from fedloom.config import build_config
@@ -20,17 +21,12 @@ from fedloom.simulation import Federation, run_federation
 BASE = {"type": "iris", "model_name": "fnn", "no_models": 4, "k": 4, "global_epochs": 3, "lr": 0.1, "seed": 1}
 
 
-class Tamper:
+class Tamper(Relay):
     """A cohort that lets the real clients answer, then replaces client 0's answer with ``change(answer)``."""
 
     def __init__(self, inner, change):
-        self.inner, self.change = inner, change
-
-    def declared_samples(self, client):
-        return self.inner.declared_samples(client)
-
-    def key_holder(self, rnd):
-        return self.inner.key_holder(rnd)
+        super().__init__(inner)
+        self.change = change
 
     def train(self, rnd, clients, down, task):
         rep = self.inner.train(rnd, clients, down, task)
