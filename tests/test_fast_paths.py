@@ -9,6 +9,7 @@ import torch
 from cohorts import Relay
 from torch import nn
 
+import fedloom.engine_plan as engine_plan
 import fedloom.engine_vectorized as ev
 from fedloom.codecs import CodecContext, parse_codec
 from fedloom.config import build_config
@@ -111,12 +112,12 @@ def test_a_kept_workspace_gives_what_a_fresh_engine_gives(model):
     for rnd, cohort in enumerate([[0, 1, 2], [3, 4, 5], [7, 0], [1, 2, 3], [6, 5, 4, 3, 2, 1]]):
         kept = engine.train(net, g, data, cohort, spec, 0, rnd)
         ev._WORKSPACES.clear()
-        ev._LAYOUTS.clear()
+        engine_plan.LAYOUTS.clear()
         fresh = VectorizedEngine().train(net, g, data, cohort, spec, 0, rnd)
         assert torch.equal(kept.diffs, fresh.diffs) and torch.equal(kept.train_loss, fresh.train_loss)
         assert torch.equal(kept.steps, fresh.steps) and torch.equal(kept.num_samples, fresh.num_samples)
         g = g + kept.diffs.mean(0)  # the next round starts elsewhere
-    assert len(ev._LAYOUTS) <= ev._KEEP_LAYOUTS
+    assert len(engine_plan.LAYOUTS) <= engine_plan.KEEP_LAYOUTS
 
 
 def test_results_do_not_alias_the_kept_workspace():
