@@ -95,6 +95,7 @@ def test_models_outside_a_plain_linear_relu_stack_take_the_plain_evaluation():
 
     assert _dense_layers(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3))) is None
     assert _dense_layers(Custom(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))) is None
+    assert ev.linear_stack(Custom(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))) is None  # the engine: vmap path
     assert _dense_layers(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 3))) is None
     assert _dense_layers(nn.Linear(4, 3, bias=False)) is None
     assert _dense_layers(build_model("fnn", 4, 3)) == [(0, 3, 4), (15, 3, 3)]

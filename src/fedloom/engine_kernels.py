@@ -56,7 +56,10 @@ def fast_stack(model: nn.Module) -> list[tuple[nn.Linear, nn.BatchNorm1d | None]
     """``[(Linear, BatchNorm1d or None), ...]`` for ``Linear ([BatchNorm1d] ReLU Linear)*``, else None.
 
     The BatchNorm of pair i (if any) sits between Linear i and its ReLU; the last pair has none."""
-    mods = [model] if isinstance(model, nn.Linear) else list(model) if isinstance(model, nn.Sequential) else []
+    # a subclass with its own forward computes something else: not this stack
+    sequential = isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward
+    linear = isinstance(model, nn.Linear) and type(model).forward is nn.Linear.forward
+    mods = [model] if linear else list(model) if sequential else []
     out: list[tuple[nn.Linear, nn.BatchNorm1d | None]] = []
     i = 0
     while i < len(mods):

@@ -128,18 +128,13 @@ class Server:
 def _dense_layers(model: nn.Module) -> list[tuple[int, int, int]] | None:
     """``[(offset of the weight in the flat vector, out, in)]`` when ``model`` is ``Linear (ReLU Linear)*``
     with biases and no buffers (fnn, mlp, logreg), else None."""
-    sequential = isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward
-    mods = [model] if type(model) is nn.Linear else list(model) if sequential else []
-    if not mods or len(mods) % 2 == 0 or next(model.buffers(), None) is not None:
+    from .engine_kernels import fast_stack  # late: that module imports torch.func
+
+    stack = fast_stack(model)
+    if stack is None or any(bn is not None for _, bn in stack) or next(model.buffers(), None) is not None:
         return None
     out, offset = [], 0
-    for n, m in enumerate(mods):
-        if n % 2 == 1:
-            if type(m) is not nn.ReLU:
-                return None
-            continue
-        if type(m) is not nn.Linear or m.bias is None:
-            return None
-        out.append((offset, m.out_features, m.in_features))
-        offset += m.weight.numel() + m.bias.numel()
+    for lin, _ in stack:
+        out.append((offset, lin.out_features, lin.in_features))
+        offset += lin.weight.numel() + lin.bias.numel()
     return out
