@@ -173,6 +173,50 @@ def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path):
     assert s1["final_accuracy"] == s2["final_accuracy"] and s1["bytes_up"] == s2["bytes_up"]
 
 
+def test_fast_rounds_are_saved_once_a_second_and_an_interrupted_run_resumes(tmp_path, monkeypatch):
+    """Millisecond rounds: metrics and checkpoint are written after the first and the last round (not 6 times);
+    Ctrl-C in round 5 keeps rows 1-4 and the round-1 checkpoint, and --resume ends where a whole run ends."""
+    import fedloom.runner as runner
+
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps(RESUME), encoding="utf-8")
+    saved = []
+    write = RunDir.write_checkpoint
+    monkeypatch.setattr(
+        RunDir, "write_checkpoint", lambda self, state: (saved.append(state["round"]), write(self, state))
+    )
+    assert main(["run", "-c", str(conf), "--out", str(tmp_path / "whole"), "-q"]) == 0
+    assert saved == [1, 6]
+    saved.clear()
+    monkeypatch.setattr(runner, "_SAVE_EVERY", 0.0)  # every round, as with slow rounds
+    assert main(["run", "-c", str(conf), "--out", str(tmp_path / "each"), "-q"]) == 0
+    assert saved == [1, 2, 3, 4, 5, 6]
+    monkeypatch.setattr(runner, "_SAVE_EVERY", 3600.0)
+    run_round = Federation.run_round
+
+    def interrupted(self, r):
+        if r == 5:
+            raise KeyboardInterrupt
+        return run_round(self, r)
+
+    monkeypatch.setattr(Federation, "run_round", interrupted)
+    assert main(["run", "-c", str(conf), "--out", str(tmp_path / "cut"), "-q"]) == 130  # "fedloom: interrupted"
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["round"] == 1
+    monkeypatch.setattr(Federation, "run_round", run_round)
+    assert main(["run", "-c", str(conf), "--out", str(tmp_path / "cut"), "--resume", "-q"]) == 0
+
+    def metrics(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [(r["round"], r["accuracy"], r["loss"], r["clients"]) for r in map(json.loads, lines)]
+
+    assert metrics("cut") == metrics("each") == metrics("whole") and len(metrics("whole")) == 6
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    again = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
 def test_resume_without_the_error_feedback_state_would_differ(tmp_path):
     """The residuals are part of the checkpoint: dropping them changes the result (so the test above can fail)."""
     cfg = build_config(RESUME)

@@ -8,6 +8,7 @@ Nothing is written before the config, the data and the optional extras have been
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +34,25 @@ class RunOutput:
     partition: dict = field(default_factory=dict)  # classes and label counts per client
 
 
+_SAVE_EVERY = 1.0  # seconds: metrics.jsonl and checkpoint.pt are written at most this often (and at the end)
+
+
 class _Hooks:
-    """Per-round side effects: metrics file, checkpoint, TensorBoard, progress."""
+    """Per-round side effects: metrics file, checkpoint, TensorBoard, progress.
+
+    The metrics rows and the checkpoint are written after the first round this process runs, then after a
+    round once ``_SAVE_EVERY`` seconds have passed since the last write, and after the run's last round or
+    early stop (rows only when it fails or is interrupted: the state has moved on by then). Rounds of a few
+    milliseconds would otherwise spend more time writing files than training, and each write slows the next
+    round down; a crash loses at most a second of rounds, which ``--resume`` runs again."""
 
     def __init__(self, cfg: Config, out: Path | None, progress, label: str, prepared=None):
         self.cfg, self.out, self.progress = cfg, out, progress
         self.prepared = prepared  # runs.RunDir checked by prepare_run_dir, not yet created
         self.run_dir = None
         self.tb = None
+        self.unsaved: list[dict] = []  # rows not yet in metrics.jsonl (their rounds not yet checkpointed)
+        self.saved_at: float | None = None  # when rows were last written (None: not yet by this process)
         self.task = progress.task(label, cfg.global_epochs) if progress is not None else None
 
     def open(self, resumed_rows: list[dict] | None = None) -> None:
@@ -58,14 +70,26 @@ class _Hooks:
             self.tb.config(self.cfg.to_dict())
 
     def round(self, row: dict, checkpoint=None) -> None:
+        """``checkpoint``: a callable giving the state after this row's round (called only when it is written)."""
         self.open()
         if self.run_dir is not None:
-            self.run_dir.append(row)
-            if checkpoint is not None and self.cfg.runtime.checkpoint:
-                self.run_dir.write_checkpoint(checkpoint())
+            self.unsaved.append(row)
+            last = row["round"] >= self.cfg.global_epochs
+            if last or self.saved_at is None or time.perf_counter() - self.saved_at >= _SAVE_EVERY:
+                self.save(checkpoint)
         if self.tb is not None:
             self.tb.row(row)
         self.progress_only(row)
+
+    def save(self, checkpoint=None) -> None:
+        """Write the unsaved rows and, when given, the checkpoint of the state after the last of them."""
+        if self.run_dir is None or not self.unsaved:
+            return
+        self.run_dir.extend(self.unsaved)
+        self.unsaved = []
+        if checkpoint is not None and self.cfg.runtime.checkpoint:
+            self.run_dir.write_checkpoint(checkpoint())
+        self.saved_at = time.perf_counter()
 
     def progress_only(self, row: dict) -> None:
         if self.progress is not None:
@@ -110,10 +134,13 @@ def execute(
         run = lambda: _federation(cfg, hooks, t0, resume)  # noqa: E731
     try:
         result = run()
-    except FedloomError:
-        if hooks.run_dir is not None:
+    except BaseException as e:
+        with contextlib.suppress(OSError, FedloomError):  # the original error is the one to report
+            hooks.save()  # the finished rounds' rows (rows after the last checkpoint are run again on --resume)
+        if isinstance(e, FedloomError) and hooks.run_dir is not None:
             hooks.run_dir.abandon()  # an error before the first round leaves no folder behind
         raise
+    hooks.save()  # rows still unsaved (the 15.4 encrypted model, which has no checkpoint, stopped early)
     result.summary["wall_seconds"] = time.perf_counter() - t0
     if hooks.run_dir is not None:
         result.path = hooks.run_dir.path
@@ -133,6 +160,8 @@ def _federation(cfg: Config, hooks: _Hooks, t0: float, resume: bool) -> RunOutpu
     res = run_federation(
         fed, lambda row: hooks.round(row, lambda: fed.state_dict(row["round"])), start, wall_start=t0, rows=rows
     )
+    if res.rows:  # a run that stopped early (divergence, privacy budget): its last round's state is still current
+        hooks.save(lambda: fed.state_dict(res.rows[-1]["round"]))
     load_into(fed.model, res.global_vec)
     summary = finish_summary({**res.summary, "health": res.health}, res.rows, cfg, fed.data)
     state = {k: v.detach().clone() for k, v in fed.model.state_dict().items()}

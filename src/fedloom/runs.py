@@ -229,11 +229,15 @@ class RunDir:
     # --- per round ---------------------------------------------------------------------------------------
     def append(self, row: dict) -> None:
         """Add a metrics row; the file is rewritten whole, so a crash never leaves half a line."""
+        self.extend([row])
+
+    def extend(self, rows: list[dict]) -> None:
+        """Add metrics rows (one write)."""
         if self._rows is None:  # the file is shared with a caller that edits it (flower/coordinator.py)
             with open(self.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps(_clean(row)) + "\n")
+                f.write("".join(json.dumps(_clean(row)) + "\n" for row in rows))
             return
-        self._rows.append(json.dumps(_clean(row)))
+        self._rows.extend(json.dumps(_clean(row)) for row in rows)
         write_text(self.metrics, "".join(line + "\n" for line in self._rows))
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
