@@ -14,6 +14,7 @@ import fedloom.engine_vectorized as ev
 from fedloom.codecs import CodecContext, parse_codec
 from fedloom.config import build_config
 from fedloom.data import load_data
+from fedloom.engine_kernels import sgd_
 from fedloom.engine_vectorized import VectorizedEngine
 from fedloom.models import build_model
 from fedloom.params import flatten
@@ -130,6 +131,21 @@ def test_results_do_not_alias_the_kept_workspace():
     saved = first.diffs.clone()
     engine.train(net, flatten(net) + 1, data, [2, 3], spec, 0, 2)  # same shape: the same workspace
     assert torch.equal(first.diffs, saved)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_sgd_step_is_torch_sgds_on_contiguous_and_strided_tensors(contiguous):
+    """The fused kernel silently mis-steps a strided tensor (torch 2.13): sgd_ must then take the foreach path."""
+    spec = LocalSpec(1, 4, 0.1, 0.5, mu=0.01)
+    store = torch.randn(3, 9)
+    p = store[:, :7] if not contiguous else store[:, :7].contiguous()
+    g, buf = torch.randn(3, 7), torch.randn(3, 7)
+    ref_p, ref_buf = p.clone(), buf.clone()
+    ref_buf.mul_(0.5).add_(g + 0.01 * ref_p)
+    ref_p.sub_(0.1 * ref_buf)
+    sgd_([p], [g.clone()], [buf], spec)
+    assert p.is_contiguous() == contiguous
+    assert torch.allclose(p, ref_p, atol=1e-6) and torch.allclose(buf, ref_buf, atol=1e-6)
 
 
 @pytest.mark.parametrize(("model", "hidden"), [("fnn", None), ("mlp", [16, 8]), ("mlp_bn", [32]), ("logreg", None)])

@@ -208,7 +208,7 @@ def sgd_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch
 
     Uses the fused kernel behind ``torch.optim.SGD(fused=True)`` (one pass over memory instead of three;
     it may round the last bit differently, ~1e-8) when this torch has it."""
-    if _FUSED_SGD is not None:
+    if _FUSED_SGD is not None and all(t.is_contiguous() for t in params):  # it mis-steps strided ones (measured)
         bufs = bufs if spec.momentum else []  # the fused kernel wants no buffers without momentum
         _FUSED_SGD(params, grads, bufs, weight_decay=spec.mu, momentum=spec.momentum, lr=spec.lr, dampening=0.0,
                    nesterov=False, maximize=False, is_first_step=False)  # fmt: skip

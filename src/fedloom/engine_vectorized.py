@@ -16,7 +16,7 @@ the readable reference, :class:`fedloom.training.SequentialEngine` (to float rou
   ``p ← p − lr·buf``.
 - **Local terms** (:mod:`fedloom.training`: FedProx's ``μ·(w − w_t)``, SCAFFOLD's ``c − c_i``) are added to
   the gradients before that update as ``g + (c − c_i − μ·w_t) + μ·w``: the first bracket is one stacked
-  tensor per chunk, added by one ``_foreach_add_`` per step, and ``μ·w`` is SGD's weight decay, which the
+  tensor per chunk, added by one ``add_`` per step, and ``μ·w`` is SGD's weight decay, which the
   fused kernel applies in its pass. Without local terms a step runs no extra kernel.
 
 Two ways to compute a step's gradients (:mod:`fedloom.engine_kernels`):
@@ -123,42 +123,55 @@ def _segments(plan: Plan, row_bytes: int) -> list[tuple[int, int]]:
 class _Workspace:
     """The stacked ``[clients, ...]`` tensors of a chunk (state, gradients, momentum buffers), the step kernel
     and its views: built for one (model, chunk size, batch, device) and, when small, kept for the next round
-    with that shape: building them costs a small cohort more than its steps."""
+    with that shape: building them costs a small cohort more than its steps.
+
+    Client-major: row ``c`` of ``param [clients, params]`` is client c's parameters in the global vector's
+    layout (its float buffers, BatchNorm's running statistics, the same in ``buffer``), and each tensor is a
+    strided view of its columns, so starting from the global vector, the diffs and the SGD update over all
+    parameters are one kernel each (``grad``, ``buf`` alike; each a contiguous block, as the fused SGD
+    kernel needs)."""
 
     def __init__(self, model: nn.Module, shape: _Shape, C: int, B: int, device: torch.device):
-        flat = torch.empty(C * shape.size, device=device)  # tensor-major: each state tensor one block
-        self.state, first = [], 0
-        for s in shape.shapes:
-            self.state.append(flat[first : first + C * s.numel()].view(C, *s))
-            first += C * s.numel()
-        self.params, self.buffers = self.state[: shape.num_params], self.state[shape.num_params :]
-        self.grads = [torch.empty_like(p) for p in self.params]
-        self.bufs = [torch.zeros_like(p) for p in self.params]
+        sizes = [s.numel() for s in shape.shapes]
+        self.P = sum(sizes[: shape.num_params])  # the global vector's first P values are the parameters
+        self.param = torch.empty(C, self.P, device=device)
+        self.buffer = torch.empty(C, shape.size - self.P, device=device)
+        self.params = self._views(self.param, shape.shapes[: shape.num_params])
+        self.buffers = self._views(self.buffer, shape.shapes[shape.num_params :])
+        self.grad = torch.empty(C, self.P, device=device)
+        self.buf = torch.zeros(C, self.P, device=device)
+        self.grads = self._views(self.grad, shape.shapes[: shape.num_params])
         if shape.linear:
             self.kernel: LinearKernel | VmapKernel = LinearKernel(model, self.params, self.grads, self.buffers, B)
         else:
             self.kernel = VmapKernel(model, self.params, self.grads)
-        self.views: dict[int, tuple] = {}  # active count → (kernel views, params, grads, bufs) of the first a
-        self.bytes = (2 * C * shape.size + 2 * C * sum(p[0].numel() for p in self.params)) * _F32
+        self.views: dict[int, tuple] = {}  # active count → (kernel views, params, grad, buf) of the first a
+        self.bytes = (2 * C * shape.size + 2 * C * self.P) * _F32
+
+    @staticmethod
+    def _views(flat: torch.Tensor, shapes: tuple[torch.Size, ...]) -> list[torch.Tensor]:
+        out, first = [], 0
+        for s in shapes:
+            out.append(flat[:, first : first + s.numel()].view(len(flat), *s))
+            first += s.numel()
+        return out
 
     def start(self, start: torch.Tensor) -> None:
-        """State from ``start``: one flat vector ``[params]`` for every client, or one row per client; momentum 0."""
-        first = 0
-        for t in self.state:
-            size = t[0].numel()
-            if start.dim() == 1:
-                t.copy_(start[first : first + size].view(t.shape[1:]).expand(t.shape))
-            else:
-                t.copy_(start[:, first : first + size].reshape(t.shape))
-            first += size
-        torch._foreach_zero_(self.bufs)
+        """State from ``start``: one flat vector ``[size]`` for every client, or one row per client; momentum 0."""
+        self.param.copy_(start[..., : self.P])  # a vector broadcasts to every row
+        if self.buffer.shape[1]:
+            self.buffer.copy_(start[..., self.P :])
+        self.buf.zero_()
+
+    def diffs(self, global_vec: torch.Tensor) -> torch.Tensor:
+        """``[clients, size]``: each client's state minus ``global_vec``."""
+        if not self.buffer.shape[1]:
+            return self.param - global_vec
+        return torch.cat([self.param, self.buffer], 1) - global_vec
 
     def step_views(self, a: int) -> tuple:
         if a not in self.views:
-            self.views[a] = (
-                self.kernel.views(a),
-                *([t[:a] for t in ts] for ts in (self.params, self.grads, self.bufs)),
-            )
+            self.views[a] = (self.kernel.views(a), [self.param[:a]], [self.grad[:a]], [self.buf[:a]])
         return self.views[a]
 
 
@@ -180,23 +193,15 @@ def _workspace(model: nn.Module, C: int, B: int, device: torch.device) -> _Works
     return ws
 
 
-def _shifts(
-    params: list[torch.Tensor], global_vec: torch.Tensor, mu: float, correction: torch.Tensor | None
-) -> list[torch.Tensor] | None:
-    """Per parameter ``[clients, *shape]``: ``correction − μ·w_t``, the part of the local terms that does not
-    change during training (module docstring); None when there are no local terms."""
+def _shift(C: int, P: int, global_vec: torch.Tensor, mu: float, correction: torch.Tensor | None) -> torch.Tensor | None:
+    """``[clients, params]``: ``correction − μ·w_t`` over the first ``P`` (parameter) values, the part of the
+    local terms that does not change during training (module docstring); None when there are no local terms."""
     if not mu and correction is None:
         return None
-    out, first = [], 0
-    for p in params:  # p: [clients, *shape]
-        size, shape = p[0].numel(), p.shape
-        w_t = global_vec[first : first + size].view(shape[1:]).expand(shape)
-        if correction is None:
-            out.append(w_t * -mu)
-        else:
-            out.append(correction[:, first : first + size].reshape(shape).sub(w_t, alpha=mu))
-        first += size
-    return out
+    w_t = global_vec[:P]
+    if correction is None:
+        return (w_t * -mu).expand(C, P)
+    return correction[:, :P].sub(w_t, alpha=mu)
 
 
 def _train_chunk(
@@ -212,7 +217,7 @@ def _train_chunk(
     shape = _shape(model)
     ws = _workspace(model, C, B, device)
     ws.start(global_vec if starts is None else starts)
-    shifts = _shifts(ws.params, global_vec, spec.mu, correction)  # None without local terms
+    shift = _shift(C, ws.P, global_vec, spec.mu, correction)  # None without local terms
     plan = plan_batches(data, clients, spec, seed, round, shape.batchnorm).to(device)  # built on the CPU (numpy)
     logp_y = torch.empty_like(plan.weight)  # [slots, batch, 1]
     x_all = on_device(data.x_train, device)  # copied once per dataset and device
@@ -225,13 +230,13 @@ def _train_chunk(
             a, lo, hi = plan.active[t], plan.offsets[t], plan.offsets[t + 1]
             v, p_a, g_a, b_a = ws.step_views(a)
             kernel(v, x_seg[lo - base : hi - base], plan.y[lo:hi], plan.weight[lo:hi], logp_y[lo:hi])
-            if shifts is not None:
-                torch._foreach_add_(g_a, [s[:a] for s in shifts])  # c − c_i − μ·w_t; sgd_ adds μ·w as weight decay
+            if shift is not None:
+                g_a[0].add_(shift[:a])  # c − c_i − μ·w_t; sgd_ adds μ·w as weight decay
             sgd_(p_a, g_a, b_a, spec)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch
     loss_sum = torch.zeros(C, dtype=torch.float64, device=device).index_add_(0, plan.owner, batch_loss)
-    diffs = torch.cat([t.reshape(C, -1) for t in ws.state], 1) - global_vec  # [clients, params]
+    diffs = ws.diffs(global_vec)  # [clients, size]
     return diffs, loss_sum
 
 
