@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .data import FedData
-from .seeds import client_seeds
+from .seeds import cohort_seeds
 from .training import _SHUFFLE_TAG, LocalSpec
 
 __all__ = ["Plan", "Layout", "plan_batches", "layout", "steps_per_epoch", "LAYOUTS", "KEEP_LAYOUTS"]
@@ -108,7 +108,8 @@ def plan_batches(
     part = data.partition
     first, n = part.offsets[clients], part.offsets[np.add(clients, 1)] - part.offsets[clients]  # [clients]
     perms = []  # the reference's draws: per client a generator from client_seed, one randperm per epoch
-    for s, n_c in zip(client_seeds(seed, round, clients, _SHUFFLE_TAG).tolist(), n.tolist()):  # = client_seed
+    seeds = cohort_seeds(seed, round, clients, _SHUFFLE_TAG, part.num_clients)  # = client_seed of each
+    for s, n_c in zip(seeds.tolist(), n.tolist()):
         gen = torch.Generator().manual_seed(s)
         perms += [torch.randperm(n_c, generator=gen) for _ in range(E)]
     local = torch.cat(perms).numpy() if perms else np.zeros(0, np.int64)  # [Σ_c E·n_c] positions in shards
