@@ -40,9 +40,9 @@ _SAVE_EVERY = 1.0  # seconds: metrics.jsonl and checkpoint.pt are written at mos
 class _Hooks:
     """Per-round side effects: metrics file, checkpoint, TensorBoard, progress.
 
-    The metrics rows and the checkpoint are written after the first round this process runs, then after a
-    round once ``_SAVE_EVERY`` seconds have passed since the last write, and after the run's last round or
-    early stop (rows only when it fails or is interrupted: the state has moved on by then). Rounds of a few
+    The metrics rows and the checkpoint are written after a round once ``_SAVE_EVERY`` seconds have passed
+    since the rounds began or were last written, and after the run's last round or early stop (rows only when
+    it fails or is interrupted: the state has moved on by then). Rounds of a few
     milliseconds would otherwise spend more time writing files than training, and each write slows the next
     round down; a crash loses at most a second of rounds, which ``--resume`` runs again."""
 
@@ -52,7 +52,7 @@ class _Hooks:
         self.run_dir = None
         self.tb = None
         self.unsaved: list[dict] = []  # rows not yet in metrics.jsonl (their rounds not yet checkpointed)
-        self.saved_at: float | None = None  # when rows were last written (None: not yet by this process)
+        self.saved_at = time.perf_counter()  # when rows were last written, or the run folder made
         self.task = progress.task(label, cfg.global_epochs) if progress is not None else None
 
     def open(self, resumed_rows: list[dict] | None = None) -> None:
@@ -61,6 +61,7 @@ class _Hooks:
         if self.prepared is None or self.run_dir is not None:
             return
         self.run_dir = self.prepared.create()  # RUNNING until summary.json is written
+        self.saved_at = time.perf_counter()
         if resumed_rows is not None:
             self.run_dir.rewrite_metrics(resumed_rows)  # rows after the checkpoint are run again
         if self.cfg.runtime.tensorboard:
@@ -75,7 +76,7 @@ class _Hooks:
         if self.run_dir is not None:
             self.unsaved.append(row)
             last = row["round"] >= self.cfg.global_epochs
-            if last or self.saved_at is None or time.perf_counter() - self.saved_at >= _SAVE_EVERY:
+            if last or time.perf_counter() - self.saved_at >= _SAVE_EVERY:
                 self.save(checkpoint)
         if self.tb is not None:
             self.tb.row(row)
