@@ -116,5 +116,5 @@ def plan_batches(
     lay = layout(n, B, E, skip_single)
     rows = np.zeros(lay.shape, dtype=np.int64)  # [slots, batch] rows of x_train; padding gathers row 0 (weight 0)
     rows[lay.slot, lay.column] = part.order[first[lay.client] + local[lay.kept]]
-    rows_t = torch.from_numpy(rows)
-    return Plan(rows_t, data.y_train[rows_t].unsqueeze(2), lay.weight, lay.owner, lay.active, lay.offsets)
+    labels = torch.from_numpy(data.y_train.numpy()[rows][:, :, None])  # [slots, batch, 1]
+    return Plan(torch.from_numpy(rows), labels, lay.weight, lay.owner, lay.active, lay.offsets)
