@@ -317,7 +317,10 @@ def _resume_point(path: Path, config: dict, kind: str) -> ResumePoint:
         )
     ckpt_path = path / "checkpoint.pt"
     if not ckpt_path.is_file():
-        raise FedloomError(f"--resume: {path} has no checkpoint.pt (it stopped before round 1, or checkpoint: false)")
+        raise FedloomError(
+            f"--resume: {path} has no checkpoint.pt (it stopped before its first checkpoint, written a second into "
+            "the rounds, or runtime.checkpoint is false); start it again with --overwrite"
+        )
     ckpt = load_checkpoint(ckpt_path)
     done = int(ckpt.get("round", 0))
     rows = [r for r in _read_metrics(path / "metrics.jsonl", strict=False) if r["round"] <= done]
