@@ -522,7 +522,7 @@ def print_external(results: dict) -> None:
                 v = vec.get(t)
                 if v is None:
                     continue
-                goal = f" (target {targets[name]}×)" if workload == "s1" else ""
+                goal = f" (issue 3's target {targets[name]}×)" if workload == "s1" else ""
                 cpu = (
                     f"; cpu {v['cpu']:.3f} vs {r['cpu']:.3f} s = {r['cpu'] / v['cpu']:.1f}×"
                     if r["cpu"] == r["cpu"]
