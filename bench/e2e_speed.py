@@ -116,6 +116,8 @@ def child(kind: str, workload: str, *rest: str) -> None:
 
 def measure(workloads: list[str], reps: int, device: str = "auto", skip: set[str] = frozenset()) -> dict:
     """{workload: {contender: median result}}, repetitions interleaved across contenders."""
+    import sim_speed  # its wait for an idle machine
+
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fedloom-e2e-") as tmp:
         for w in workloads:
@@ -123,6 +125,7 @@ def measure(workloads: list[str], reps: int, device: str = "auto", skip: set[str
             runs: dict[str, list[dict]] = {n: [] for n in cmds}
             for _ in range(reps):
                 for name, cmd in cmds.items():
+                    sim_speed.quiet()  # Ray's processes outlive a Flower run for a moment: nobody is timed beside them
                     try:
                         runs[name].append(run_one(cmd))
                     except RuntimeError as e:

@@ -164,3 +164,13 @@ def run(
         "train": sum(t for _, t in fits),  # summed over clients (``threads`` of them run at once)
         "accuracy": out["accuracy"],
     }
+
+
+if __name__ == "__main__":  # sim_speed.py runs it here, in a process of its own: Ray's threads stay out of the bench's
+    import sys
+
+    npz, threads, ray_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    torch.set_num_threads(threads)
+    arrays = np.load(npz)
+    result = run(npz, torch.from_numpy(arrays["x_eval"]), torch.from_numpy(arrays["y_eval"]), threads, ray_dir)
+    print("RESULT " + json.dumps(result), flush=True)

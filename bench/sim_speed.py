@@ -245,12 +245,16 @@ def export_npz(workload: str, data: FedData) -> str:
 def run_flower(workload: str, data: FedData) -> Result:
     """Flower's simulation (Ray backend), end to end: the book's local SGD in a ClientApp, FedAvg with every
     client weighted 1 (the plain mean = λ = 1/k), central evaluation each round (``bench/flower_contender.py``).
-    Its "round loop" runs from the first client's local training to the last round's evaluation."""
-    import flower_contender
-
+    Its "round loop" runs from the first client's local training to the last round's evaluation. It runs in a
+    process of its own (times taken inside it): Ray's threads outlive its shutdown and would share this one."""
     ray_dir = str(_tmpdir() / "ray")  # Ray's session files go with this run's other files
-    res = flower_contender.run(export_npz(workload, data), data.x_eval, data.y_eval, torch.get_num_threads(), ray_dir)
-    return {"cpu": nan, **res}
+    script = Path(__file__).with_name("flower_contender.py")
+    cmd = [sys.executable, str(script), export_npz(workload, data), str(torch.get_num_threads()), ray_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"exited {proc.returncode}: {proc.stderr.strip()[-400:]}")
+    return {"cpu": nan, **json.loads(line[len("RESULT ") :])}
 
 
 class PflProcess:
