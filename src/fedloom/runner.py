@@ -42,9 +42,9 @@ class _Hooks:
 
     The metrics rows and the checkpoint are written after a round once ``_SAVE_EVERY`` seconds have passed
     since the rounds began or were last written, and after the run's last round or early stop (rows only when
-    it fails or is interrupted: the state has moved on by then). Rounds of a few
-    milliseconds would otherwise spend more time writing files than training, and each write slows the next
-    round down; a crash loses at most a second of rounds, which ``--resume`` runs again."""
+    it fails or is interrupted: the state has moved on by then). Rounds of a few milliseconds would otherwise
+    spend more time writing files than training, and each write slows the next round down; a crash loses at
+    most the last second of rounds, which ``--resume`` runs again."""
 
     def __init__(self, cfg: Config, out: Path | None, progress, label: str, prepared=None):
         self.cfg, self.out, self.progress = cfg, out, progress
