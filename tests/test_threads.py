@@ -289,6 +289,47 @@ def test_tiny_steps_are_decided_at_one_thread_without_trying_more():
     assert used == [1, 1, 1, 1] and tuner.history == [1]
 
 
+def test_a_run_too_short_to_repay_more_threads_stays_at_one():
+    """20 steps left at 1 ms: 20 ms, under _SHORT_RUN: decided at 1 thread after its timed step, 2 never tried;
+    with 1 000 steps left the same costs measure 2 threads and pick them."""
+    short = _step_tuner()
+    short.horizon = 20
+    short.start()
+    assert _run_steps(short, {1: 1e-3, 2: 0.5e-3}, 4) == [1, 1, 1, 1] and short.history == [1]
+    long = _step_tuner()
+    long.horizon = 1000
+    long.start()
+    used = _run_steps(long, {1: 1e-3, 2: 0.5e-3}, 10)
+    assert used[:3] == [1, 1, 2] and long.threads == 2
+
+
+def test_tuned_engine_tells_the_tuner_the_steps_left():
+    """horizon = this cohort's lock steps (epochs × ⌈largest shard / batch⌉) × the rounds left, this one included."""
+    from fedloom.data import load_data
+    from fedloom.training import LocalSpec
+
+    cfg = build_config({"no_models": 4, "k": 2})
+    data = load_data(cfg)
+    seen = []
+
+    class Engine(_FakeEngine):
+        name = "sequential"
+
+        def train(self, *a, **k):
+            seen.append(tuner.horizon)
+            return super().train(*a, **k)
+
+    tuner = th.ThreadTuner(maximum=2, measure_fn=lambda p, c: {1: [1.0]})
+    eng = th.TunedEngine(Engine([0.0] * 3), "auto", tuner, rounds=3)
+    spec = LocalSpec(2, 10, 0.1)
+    shard = int(data.partition.sizes()[[0, 1]].max())
+    for _ in range(3):
+        eng.train(None, None, data, [0, 1], spec, 0, 1)
+    per_round = 2 * -(-shard // 10)
+    assert seen == [3 * per_round, 2 * per_round, per_round]
+    assert th.TunedEngine(Engine([0.0]), "auto", th.ThreadTuner()).tuner.horizon == float("inf")  # rounds unknown
+
+
 def test_a_step_that_collapses_later_starts_a_new_measurement():
     tuner = _step_tuner()
     tuner.start()

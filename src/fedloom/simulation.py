@@ -229,8 +229,9 @@ class Federation:
             secure = _ClientsSecure(guarded, holder.client_cipher(), w_ref)
             server_secure = SecureServer(server.cipher, w_ref, None, cfg.secure.min_summands)
         engine = tune_threads(
-            make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn), cfg.runtime.threads, device, server
-        )
+            make_engine(cfg.runtime.engine, cfg.runtime.chunk, cfg.runtime.bn), cfg.runtime.threads, device, server,
+            cfg.global_epochs,
+        )  # fmt: skip
         fed = cls(cfg, data, model, server, clients, spec, engine, channel, secure)
         fed.algorithm = LocalAlgorithm(cfg, server.layout.size, server.layout.num_trainable)
         fed.cohort = LocalCohort(fed)

@@ -19,7 +19,10 @@ core busy, every parallel region waits for the thread that has no core: small GE
    are read (:mod:`fedloom.cpuload`, at the measurement's start and again then): a count whose cores other
    processes hold is not tried at all, since beside a busy core even one collapsed step of S1 cost half the
    run's training; the next look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step
-   under ``_TINY_STEP`` ends the measurement at 1 thread (nothing to parallelize).
+   under ``_TINY_STEP`` ends the measurement at 1 thread (nothing to parallelize), and so does one whose
+   time, over the local steps the run has left, stays under ``_SHORT_RUN``: more threads could save at most
+   part of that, less than trying them may cost (their first steps; on a VM a resting vCPU's first use can
+   stall ~10 ms: S2's 18 ms run took 1.23× the time of 1 thread when auto tried 2 after a pause).
    The steps are the run's own training (S1 and S2 trained to the same bits at 1, 2 and auto threads on
    the lab machine; tests/test_threads.py checks a small run), so measuring costs only the difference
    between the counts. (A synthetic probe shaped like the first layer,
@@ -68,6 +71,7 @@ _RECHECK_CROWDED = 0.05  # after a count was skipped for other processes (nothin
 _TINY_SECONDS = 30e-6  # a probe faster than this at 1 thread is below torch's parallel grain: 1 thread
 _TINY_STEP = 300e-6  # a local step faster than this at 1 thread: its ops are too small for threads to save more
 # than a few microseconds each, against a collapse under load; 1 thread, other counts not tried
+_SHORT_RUN = 0.05  # seconds: a run whose remaining local steps take less at 1 thread stays at 1 thread
 _REPS = 3  # interleaved repetitions per candidate; the decision uses means
 _DROP = 3.0  # a candidate this much slower than the best after a repetition is not timed again
 _EARLY = 1.5  # one sample of every count, each this far from the winner's: decided without more repetitions
@@ -190,6 +194,7 @@ class ThreadTuner:
     _skipped: bool = False  # a count was left out of this measurement because other processes held its cores
     _slow_steps: int = 0  # consecutive steps SLOWDOWN× slower than the best of their size (outside a measurement)
     _used: set[int] = field(default_factory=set)  # counts this tuner has run steps at (their threads exist)
+    horizon: float = float("inf")  # local steps the run has left (set by TunedEngine per cohort; inf: unknown)
 
     def probe(self, probe: Callable[[], None], fresh: bool = False) -> int:
         """Time ``probe`` at each candidate count, set the chosen one and return it. A decision made in this
@@ -283,8 +288,8 @@ class ThreadTuner:
         self._used.add(n)
         if not warm_up:
             self._times[n].append(seconds)
-        if n == 1 and not warm_up and raw < _TINY_STEP:
-            self._plan = []  # too small to parallelize: nothing else to time
+        if n == 1 and not warm_up and (raw < _TINY_STEP or raw * self.horizon < _SHORT_RUN):
+            self._plan = []  # too small to parallelize, or too little left to repay trying: nothing else to time
         elif n > 1 and not (warm_up and first_use) and seconds > slowest_ok:
             self._plan = [(m, w) for m, w in self._plan if m != n]  # collapsed (a busy core): not tried again
         elif not warm_up and _decisive({m: t for m, t in self._times.items() if m in self._counts_left()}):
@@ -334,10 +339,11 @@ class TunedEngine:
     """Wraps an engine: measures before or during the first cohort, times every cohort, measures again when
     needed.
 
-    ``threads`` is an int (fixed: set once, never measured) or ``"auto"``."""
+    ``threads`` is an int (fixed: set once, never measured) or ``"auto"``; ``rounds``: the cohorts the run will
+    train (one a round; None: unknown), from which the tuner's ``horizon`` is estimated."""
 
-    def __init__(self, engine: object, threads: int | str, tuner: ThreadTuner | None = None):
-        self.engine, self.setting = engine, threads
+    def __init__(self, engine: object, threads: int | str, tuner: ThreadTuner | None = None, rounds: int | None = None):
+        self.engine, self.setting, self.rounds, self._cohorts = engine, threads, rounds, 0
         self.device = torch.device("cpu")
         self.tuner = tuner if tuner is not None else ThreadTuner()
         # auto: 1 thread until measured (whatever runs before the first step cannot collapse under load)
@@ -368,6 +374,10 @@ class TunedEngine:
                 fresh = self.tuner.probes > 0  # a re-check asked for by observe(): measure again
                 self.tuner.probe(model_probe(model, spec.batch_size, data.num_features), fresh)
             self._pending = False
+        if self.rounds is not None:  # this cohort's lock steps × the cohorts left, this one included
+            lock_steps = spec.epochs * -(-int(data.partition.sizes()[clients].max()) // spec.batch_size)
+            self.tuner.horizon = lock_steps * max(1, self.rounds - self._cohorts)
+        self._cohorts += 1
         t0 = self.tuner.clock()
         from .engine_kernels import STEP_TIMER as timer  # late: that module imports torch.func
 
@@ -390,10 +400,15 @@ def _steps_timed(engine: object, model: nn.Module) -> bool:
 
 
 def tune_threads(
-    engine: object, threads: int | str | None, device: torch.device | None = None, server: object | None = None
+    engine: object,
+    threads: int | str | None,
+    device: torch.device | None = None,
+    server: object | None = None,
+    rounds: int | None = None,
 ) -> TunedEngine:
     """``engine`` wrapped for ``runtime.threads`` (``None`` is read as ``auto``); with ``device``, the engine
-    and ``server``'s evaluation are pointed at it (:func:`fedloom.device.use_device`)."""
+    and ``server``'s evaluation are pointed at it (:func:`fedloom.device.use_device`); ``rounds``: the run's
+    (:class:`TunedEngine`)."""
     if device is not None and server is not None:
         from .device import use_device
 
@@ -403,7 +418,7 @@ def tune_threads(
         # the GPU does the arithmetic; the CPU only plans batches and copies, where more threads cost
         # (an H100 host: 1 000 CNN clients took 3.2 s at 16 threads, 1.2 s at 1)
         setting = 1
-    wrapped = TunedEngine(engine, setting)
+    wrapped = TunedEngine(engine, setting, rounds=rounds)
     wrapped.device = device or torch.device("cpu")
     return wrapped
 
