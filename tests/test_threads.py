@@ -304,7 +304,7 @@ def test_a_run_too_short_to_repay_more_threads_stays_at_one():
 
 
 def test_tuned_engine_tells_the_tuner_the_steps_left():
-    """horizon = this cohort's lock steps (epochs × ⌈largest shard / batch⌉) × the rounds left, this one included."""
+    """horizon = this cohort's lock steps (epochs × ⌈largest shard / batch⌉) × the rounds left, its own included."""
     from fedloom.data import load_data
     from fedloom.training import LocalSpec
 
@@ -323,8 +323,8 @@ def test_tuned_engine_tells_the_tuner_the_steps_left():
     eng = th.TunedEngine(Engine([0.0] * 3), "auto", tuner, rounds=3)
     spec = LocalSpec(2, 10, 0.1)
     shard = int(data.partition.sizes()[[0, 1]].max())
-    for _ in range(3):
-        eng.train(None, None, data, [0, 1], spec, 0, 1)
+    for rnd in (1, 2, 3):
+        eng.train(None, None, data, [0, 1], spec, 0, rnd)
     per_round = 2 * -(-shard // 10)
     assert seen == [3 * per_round, 2 * per_round, per_round]
     assert th.TunedEngine(Engine([0.0]), "auto", th.ThreadTuner()).tuner.horizon == float("inf")  # rounds unknown

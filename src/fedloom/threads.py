@@ -21,8 +21,9 @@ core busy, every parallel region waits for the thread that has no core: small GE
    run's training; the next look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step
    under ``_TINY_STEP`` ends the measurement at 1 thread (nothing to parallelize), and so does one whose
    time, over the local steps the run has left, stays under ``_SHORT_RUN``: more threads could save at most
-   part of that, less than trying them may cost (their first steps; on a VM a resting vCPU's first use can
-   stall ~10 ms: S2's 18 ms run took 1.23× the time of 1 thread when auto tried 2 after a pause).
+   part of that, less than trying them may cost (their first steps, and on a VM the new thread's first wait
+   for a core: S2's whole run is ~18 ms, and trying 2 threads, then keeping 1, cost it 1.09–1.16× the time
+   of 1 thread).
    The steps are the run's own training (S1 and S2 trained to the same bits at 1, 2 and auto threads on
    the lab machine; tests/test_threads.py checks a small run), so measuring costs only the difference
    between the counts. (A synthetic probe shaped like the first layer,
@@ -339,11 +340,11 @@ class TunedEngine:
     """Wraps an engine: measures before or during the first cohort, times every cohort, measures again when
     needed.
 
-    ``threads`` is an int (fixed: set once, never measured) or ``"auto"``; ``rounds``: the cohorts the run will
-    train (one a round; None: unknown), from which the tuner's ``horizon`` is estimated."""
+    ``threads`` is an int (fixed: set once, never measured) or ``"auto"``; ``rounds``: the run's last round
+    (None: unknown), from which and each cohort's round the tuner's ``horizon`` is estimated."""
 
     def __init__(self, engine: object, threads: int | str, tuner: ThreadTuner | None = None, rounds: int | None = None):
-        self.engine, self.setting, self.rounds, self._cohorts = engine, threads, rounds, 0
+        self.engine, self.setting, self.rounds = engine, threads, rounds
         self.device = torch.device("cpu")
         self.tuner = tuner if tuner is not None else ThreadTuner()
         # auto: 1 thread until measured (whatever runs before the first step cannot collapse under load)
@@ -374,10 +375,10 @@ class TunedEngine:
                 fresh = self.tuner.probes > 0  # a re-check asked for by observe(): measure again
                 self.tuner.probe(model_probe(model, spec.batch_size, data.num_features), fresh)
             self._pending = False
-        if self.rounds is not None:  # this cohort's lock steps × the cohorts left, this one included
+        rnd = args[1] if len(args) > 1 else kwargs.get("round")  # train(model, vec, data, clients, spec, seed, round)
+        if self.rounds is not None and rnd is not None:  # this cohort's lock steps × the rounds left, this one's too
             lock_steps = spec.epochs * -(-int(data.partition.sizes()[clients].max()) // spec.batch_size)
-            self.tuner.horizon = lock_steps * max(1, self.rounds - self._cohorts)
-        self._cohorts += 1
+            self.tuner.horizon = lock_steps * max(1, self.rounds - int(rnd) + 1)
         t0 = self.tuner.clock()
         from .engine_kernels import STEP_TIMER as timer  # late: that module imports torch.func
 
