@@ -375,9 +375,12 @@ class TunedEngine:
                 fresh = self.tuner.probes > 0  # a re-check asked for by observe(): measure again
                 self.tuner.probe(model_probe(model, spec.batch_size, data.num_features), fresh)
             self._pending = False
+        sizes = data.partition.sizes()[clients]  # [clients] rows
         rnd = args[1] if len(args) > 1 else kwargs.get("round")  # train(model, vec, data, clients, spec, seed, round)
         if self.rounds is not None and rnd is not None:  # this cohort's lock steps × the rounds left, this one's too
-            lock_steps = spec.epochs * -(-int(data.partition.sizes()[clients].max()) // spec.batch_size)
+            from .engine_plan import steps_per_epoch
+
+            lock_steps = spec.epochs * int(steps_per_epoch(sizes, spec.batch_size, False).max())
             self.tuner.horizon = lock_steps * max(1, self.rounds - int(rnd) + 1)
         t0 = self.tuner.clock()
         from .engine_kernels import STEP_TIMER as timer  # late: that module imports torch.func
@@ -388,7 +391,7 @@ class TunedEngine:
         finally:
             timer[0] = None
             self.tuner.settle()
-        samples = int(data.partition.sizes()[clients].sum()) * spec.epochs
+        samples = int(sizes.sum()) * spec.epochs
         self._pending = self.tuner.observe(self.tuner.clock() - t0, samples) or self._pending
         return out
 
@@ -409,7 +412,7 @@ def tune_threads(
 ) -> TunedEngine:
     """``engine`` wrapped for ``runtime.threads`` (``None`` is read as ``auto``); with ``device``, the engine
     and ``server``'s evaluation are pointed at it (:func:`fedloom.device.use_device`); ``rounds``: the run's
-    (:class:`TunedEngine`)."""
+    last round (:class:`TunedEngine`)."""
     if device is not None and server is not None:
         from .device import use_device
 
