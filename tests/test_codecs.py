@@ -419,6 +419,28 @@ def test_sign_keeps_always_zero_coordinates_at_zero_over_rounds() -> None:
     assert bool((total[dead] == 0).all()) and bool((total[~dead] != 0).all())
 
 
+_SMALL_RUN = {"type": "iris", "model_name": "fnn", "no_models": 4, "k": 2, "global_epochs": 1, "local_epochs": 1,
+              "batch_size": 10, "lr": 0.1, "lambda": 0.5, "seed": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize("down", ["randk:0.5", "randk:0.5+q8", "q2"])
+def test_simulated_clients_train_from_the_broadcast_the_server_encoded(down) -> None:
+    """A seeded down codec's draws (randk's index set) are the broadcast's: the simulated cohort decodes the
+    payload with the server's context, so it trains from ``channel.down``'s vector (it once did not)."""
+    from fedloom.config import build_config
+    from fedloom.simulation import Federation
+
+    cfg = build_config({**_SMALL_RUN, "compression": {"down": down}})
+    fed = Federation.build(cfg)
+    seen = []
+    train = fed.engine.train
+    fed.engine.train = lambda model, vec, *a, **k: seen.append(vec.clone()) or train(model, vec, *a, **k)
+    expected = fed.channel.down(fed.server.global_vec, 1)[1]
+    fed.run_round(1)
+    assert seen and all(torch.equal(v, expected) for v in seen)
+    assert not torch.equal(expected, fed.server.global_vec) or down == "q2"  # lossy: the test can tell
+
+
 def test_down_codec_does_not_reuse_client_0s_upload_stream() -> None:
     """The broadcast has client_id 0; its draws must still differ from client 0's upload draws."""
     from fedloom.channel import Channel

@@ -46,11 +46,20 @@ class Channel:
     def name(self) -> str:
         return self.up_codec.name + ("+ef" if self.ef is not None else "")
 
+    def broadcast(self, global_vec: torch.Tensor, round: int) -> bytes:
+        """The broadcast payload of ``global_vec`` (the round's; the clients decode it)."""
+        return self.down_codec.encode(global_vec, CodecContext(self.layout, BROADCAST_ID, round, self.seed, down=True))
+
+    def receive(self, payload: bytes, round: int) -> torch.Tensor:
+        """Client side: the global vector decoded from the round's broadcast (the broadcast's context, whose
+        seeded draws, e.g. a ``randk`` index set, are the server's; raises on a malformed payload)."""
+        ctx = CodecContext(self.layout, BROADCAST_ID, round, self.seed, down=True)
+        return self.down_codec.decode(payload, ctx).values
+
     def down(self, global_vec: torch.Tensor, round: int) -> tuple[bytes, torch.Tensor]:
         """The broadcast payload and the vector every client decodes from it."""
-        ctx = CodecContext(self.layout, BROADCAST_ID, round, self.seed, down=True)
-        payload = self.down_codec.encode(global_vec, ctx)
-        return payload, self.down_codec.decode(payload, ctx).values
+        payload = self.broadcast(global_vec, round)
+        return payload, self.receive(payload, round)
 
     @property
     def _raw_up(self) -> bool:

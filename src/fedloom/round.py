@@ -134,7 +134,7 @@ class Round:
     def __call__(self, rnd: int) -> dict:
         server, t0 = self.server, time.perf_counter()
         cohort = server.sample(rnd)
-        down, _ = self.channel.down(server.global_vec, rnd)
+        down = self.channel.broadcast(server.global_vec, rnd)
         epochs, dropped = straggler_plan(self.cfg, rnd, cohort)
         task = Task(epochs, self._control_down())
         replies = self.cohort.train(rnd, [c for c in cohort if c not in dropped], down, task)

@@ -21,9 +21,8 @@ from torch import nn
 
 from .aggregators import make_aggregator
 from .attacks import Attack, make_attack
-from .channel import BROADCAST_ID, Channel
+from .channel import Channel
 from .client import Client
-from .codecs import CodecContext
 from .config import Config
 from .data import FedData, load_data
 from .device import resolve_device
@@ -87,8 +86,7 @@ class LocalCohort:
 
     def train(self, rnd: int, clients: list[int], down: bytes, task: Task) -> Replies:
         fed, cfg = self.fed, self.fed.cfg
-        ctx = CodecContext(fed.layout, BROADCAST_ID, rnd, cfg.seed)
-        received = fed.channel.down_codec.decode(down, ctx).values  # every client decodes the same broadcast
+        received = fed.channel.receive(down, rnd)  # every client decodes the same broadcast
         dropped = (  # a fresh generator costs ~20 µs: none without dropout
             np.random.default_rng([cfg.seed, rnd, _DROPOUT_TAG]).random(len(clients)) < cfg.runtime.dropout
             if cfg.runtime.dropout

@@ -35,10 +35,8 @@ import numpy as np
 import torch
 
 from ..aggregators import make_aggregator
-from ..channel import BROADCAST_ID as _BROADCAST_ID  # the down codec's context: one payload for everybody
 from ..channel import Channel
 from ..client import Client, ResourceReport
-from ..codecs import CodecContext
 from ..config import Config
 from ..data import FedData, Partition, load_data
 from ..data.datasets import read_csv, standardize
@@ -247,9 +245,8 @@ class ClientWorker:
         if not report.ok:
             return {**out, "reason": f"refused: {report.reason}"}
         t0 = time.perf_counter()
-        ctx = CodecContext(self.layout, _BROADCAST_ID, rnd, self.cfg.seed, down=True)
         try:
-            global_vec = self.channel.down_codec.decode(req["payload"], ctx).values
+            global_vec = self.channel.receive(req["payload"], rnd)
         except Exception as e:  # noqa: BLE001 - a payload from the wire may be malformed in any way
             return {**out, "reason": f"cannot decode the global model: {e}"}
         if global_vec.numel() != self.layout.size:
