@@ -17,7 +17,7 @@ from torch import nn
 from .data import FedData
 from .training import LocalSpec, client_seed, train_one
 
-__all__ = ["Client", "ResourceReport", "Update"]
+__all__ = ["Client", "ResourceReport", "Update", "usable_cpus"]
 
 _BYTES = 4  # float32
 
@@ -42,7 +42,7 @@ class Update:
     steps: int = 0  # SGD steps of its local training (FedNova's τ_i, SCAFFOLD's K)
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
@@ -56,6 +56,7 @@ class Client:
         self.id = client_id
         self.data = data
         self.memory_limit_mb = memory_limit_mb
+        self._needed: tuple[tuple[int, int], float] | None = None  # ((params, batch), MB): asked every round
 
     @property
     def num_samples(self) -> int:
@@ -64,17 +65,22 @@ class Client:
     def memory_needed_mb(self, num_params: int, spec: LocalSpec) -> float:
         """Estimate: own rows, four model-sized vectors (global, local, gradient, momentum) and one batch's
         activations (rows × features, with headroom ×8 for hidden layers and their gradients)."""
-        rows = self.num_samples * (self.data.num_features * _BYTES + 8)
-        models = 4 * num_params * _BYTES
-        batch = 8 * spec.batch_size * self.data.num_features * _BYTES
-        return (rows + models + batch) / 2**20
+        key = (num_params, spec.batch_size)
+        if self._needed is None or self._needed[0] != key:
+            rows = self.num_samples * (self.data.num_features * _BYTES + 8)
+            models = 4 * num_params * _BYTES
+            batch = 8 * spec.batch_size * self.data.num_features * _BYTES
+            self._needed = key, (rows + models + batch) / 2**20
+        return self._needed[1]
 
-    def check_resources(self, num_params: int, spec: LocalSpec, free_mb: float | None = None) -> ResourceReport:
+    def check_resources(
+        self, num_params: int, spec: LocalSpec, free_mb: float | None = None, cpus: int | None = None
+    ) -> ResourceReport:
         """Whether this machine (or the configured limit) can hold the training task; says why not.
 
-        ``free_mb``: available memory already read by the caller (a simulation reads it once per round for the
-        whole cohort, since its clients share one machine); read here when not given."""
-        cpus = _usable_cpus()
+        ``free_mb``, ``cpus``: available memory and usable CPUs already read by the caller (a simulation reads
+        them once per round for the whole cohort, since its clients share one machine); read here when not given."""
+        cpus = usable_cpus() if cpus is None else cpus
         free = psutil.virtual_memory().available / 2**20 if free_mb is None else free_mb
         if self.memory_limit_mb is not None:
             free = min(free, self.memory_limit_mb)

@@ -110,8 +110,27 @@ class LinearKernel:
         minus_one = torch.full((a, self.batch, 1), -1.0, device=p[0].device)  # −onehot(y), scattered into softmax
         return layers, minus_one
 
+    def segment(self, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor, a: int) -> tuple:
+        """``(small, per_slot)`` for a segment of slots (``y``, ``w``, ``logp_y``: its labels, row weights and
+        log-probability out; ``a``: clients in its first, largest step); each step slices ``per_slot``. Small
+        logits: ``(−w·onehot(y), w, log-softmax out)``, made once for the segment (:meth:`finish` reads the
+        labels' log-probabilities back); else ``(y, w, logp_y)`` for the hand-written softmax."""
+        classes = self.params[-1].shape[1]
+        if a * y.shape[1] * classes >= _SOFTMAX_BY_HAND:
+            return False, (y, w, logp_y)
+        target = torch.zeros(*y.shape[:2], classes, device=y.device).scatter_(2, y, w.neg())  # [slots, batch, cls]
+        return True, (target, w, torch.empty_like(target))
+
+    @staticmethod
+    def finish(small: bool, per_slot: tuple, y: torch.Tensor, logp_y: torch.Tensor) -> None:
+        """``logp_y`` (the segment's ``[slots, batch, 1]``) from the log-softmax the small-logits steps kept."""
+        if small:
+            torch.gather(per_slot[2], 2, y, out=logp_y)
+
     @_timed
-    def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
+    def __call__(self, views: tuple, x: torch.Tensor, small: bool, y: torch.Tensor, w: torch.Tensor, out: torch.Tensor):
+        """One step: ``x [a, batch, in]``; ``small``: ``y`` is −w·onehot and ``out`` the log-softmax
+        ``[a, batch, classes]`` (else labels and ``logp_y``, see :meth:`segment`); ``w`` the row weights."""
         layers, minus_one = views
         hs, saved = [x], []  # input of each layer [a, batch, in]; BatchNorm's (x̂, 1/σ) per hidden layer
         for i, (_, wt, bias, _, _, bn) in enumerate(layers):
@@ -123,8 +142,10 @@ class LinearKernel:
                 else:
                     saved.append(None)
                 hs.append(z.relu_())
-        p = _softmax(z, y, logp_y)  # [a, batch, classes]
-        g = p.scatter_add_(2, y, minus_one).mul_(w)  # dL/dz = (p − onehot)·w, [a, batch, classes]
+        if small:  # dL/dz = w·(softmax(z) − onehot(y)): log_softmax's backward of −w·onehot(y) (y here)
+            g = torch._log_softmax_backward_data(y, torch.log_softmax(z, 2, out=out), 2, z.dtype)
+        else:
+            g = _softmax(z, y, out).scatter_add_(2, y, minus_one).mul_(w)  # dL/dz = (p − onehot)·w
         for i in reversed(range(len(layers))):
             weight, _, _, g_weight, g_bias, _ = layers[i]
             torch.bmm(g.transpose(1, 2), hs[i], out=g_weight)  # [a, out, in]
@@ -136,12 +157,9 @@ class LinearKernel:
 
 
 def _softmax(z: torch.Tensor, y: torch.Tensor, logp_y: torch.Tensor) -> torch.Tensor:
-    """Softmax p of ``z``, and log p(label) (= −cross-entropy) into ``logp_y [a, batch, 1]``. CPU
-    log_softmax over a short last dimension is slow (~15 ns a value here, measured); by hand wins from ~2k."""
-    if z.numel() < _SOFTMAX_BY_HAND:
-        logp = z.log_softmax(2)  # [a, batch, classes]
-        torch.gather(logp, 2, y, out=logp_y)
-        return logp.exp_()
+    """Softmax p of ``z``, and log p(label) (= −cross-entropy) into ``logp_y [a, batch, 1]``, written out: CPU
+    log_softmax over a short last dimension is slow (~15 ns a value here, measured); by hand it wins from ~2k
+    values, and below that :class:`LinearKernel` takes log_softmax and its backward (two kernels, not eleven)."""
     top = z.amax(2, keepdim=True)  # [a, batch, 1]
     p = (z - top).exp_()
     total = p.sum(2, keepdim=True)
@@ -194,8 +212,16 @@ class VmapKernel:
     def views(self, a: int) -> tuple:
         return {n: p[:a] for n, p in zip(self.names, self.params)}, [g[:a] for g in self.grads]
 
+    @staticmethod
+    def segment(y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor, a: int) -> tuple:
+        return False, (y, w, logp_y)  # as LinearKernel.segment: each step slices the labels, weights, out
+
+    @staticmethod
+    def finish(small: bool, per_slot: tuple, y: torch.Tensor, logp_y: torch.Tensor) -> None:
+        pass
+
     @_timed
-    def __call__(self, views: tuple, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logp_y: torch.Tensor):
+    def __call__(self, views: tuple, x: torch.Tensor, small: bool, y: torch.Tensor, w: torch.Tensor, logp_y):
         params, grads = views
         g, neg_ce = self.per_client(params, x, y, w)
         torch._foreach_copy_(grads, [g[n] for n in self.names])

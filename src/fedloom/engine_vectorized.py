@@ -226,13 +226,17 @@ def _train_chunk(
         base = plan.offsets[first]
         rows = plan.rows[base : plan.offsets[last]]  # [slots in segment, batch]
         x_seg = x_all.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [slots, batch, features]
+        end = plan.offsets[last]
+        y_seg, logp_seg = plan.y[base:end], logp_y[base:end]
+        small, (p1, p2, p3) = kernel.segment(y_seg, plan.weight[base:end], logp_seg, plan.active[first])
         for t in range(first, last):
-            a, lo, hi = plan.active[t], plan.offsets[t], plan.offsets[t + 1]
+            a, lo, hi = plan.active[t], plan.offsets[t] - base, plan.offsets[t + 1] - base
             v, p_a, g_a, b_a = ws.step_views(a)
-            kernel(v, x_seg[lo - base : hi - base], plan.y[lo:hi], plan.weight[lo:hi], logp_y[lo:hi])
+            kernel(v, x_seg[lo:hi], small, p1[lo:hi], p2[lo:hi], p3[lo:hi])
             if shift is not None:
                 g_a[0].add_(shift[:a])  # c − c_i − μ·w_t; sgd_ adds μ·w as weight decay
             sgd_(p_a, g_a, b_a, spec)
+        kernel.finish(small, (p1, p2, p3), y_seg, logp_seg)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch
     loss_sum = torch.zeros(C, dtype=torch.float64, device=device).index_add_(0, plan.owner, batch_loss)

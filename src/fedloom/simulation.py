@@ -22,7 +22,7 @@ from torch import nn
 from .aggregators import make_aggregator
 from .attacks import Attack, make_attack
 from .channel import Channel
-from .client import Client
+from .client import Client, usable_cpus
 from .config import Config
 from .data import FedData, load_data
 from .device import resolve_device
@@ -93,9 +93,9 @@ class LocalCohort:
             else np.zeros(len(clients), dtype=bool)
         )
         alive, failed = [], {}
-        free_mb = _free_mb()  # simulated clients share this machine's memory
+        free_mb, cpus = _free_mb(), usable_cpus()  # simulated clients share this machine
         for cid, drop in zip(clients, dropped):
-            report = fed.clients[cid].check_resources(fed.num_params, fed.spec, free_mb)
+            report = fed.clients[cid].check_resources(fed.num_params, fed.spec, free_mb, cpus)
             reason = "dropped out (runtime.dropout)" if drop else ("" if report.ok else f"refused: {report.reason}")
             if reason:
                 failed[cid] = reason
