@@ -291,16 +291,21 @@ def test_tiny_steps_are_decided_at_one_thread_without_trying_more():
 
 def test_a_run_too_short_to_repay_more_threads_stays_at_one():
     """20 steps left at 1 ms: 20 ms, under _SHORT_RUN: decided at 1 thread after its timed step, 2 never tried;
-    with 1 000 steps left the same costs measure 2 threads and pick them."""
+    with 1 000 steps left the same costs measure 2 threads and pick them. The machine's load is read only
+    by the run that goes on to try 2 threads (twice, before it does)."""
+    readings = []
     short = _step_tuner()
+    short.crowd = lambda: readings.append("short") or 0
     short.horizon = 20
     short.start()
     assert _run_steps(short, {1: 1e-3, 2: 0.5e-3}, 4) == [1, 1, 1, 1] and short.history == [1]
     long = _step_tuner()
+    long.crowd = lambda: readings.append("long") or 0
     long.horizon = 1000
     long.start()
     used = _run_steps(long, {1: 1e-3, 2: 0.5e-3}, 10)
     assert used[:3] == [1, 1, 2] and long.threads == 2
+    assert readings == ["long", "long"]
 
 
 def test_tuned_engine_tells_the_tuner_the_steps_left():

@@ -23,7 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from .training import LocalSpec
 
-__all__ = ["LinearKernel", "VmapKernel", "sgd_", "fast_stack", "STEP_TIMER"]
+__all__ = ["LinearKernel", "VmapKernel", "sgd_", "fusable", "fast_stack", "STEP_TIMER"]
 
 _SOFTMAX_BY_HAND = 2048  # logits values from which the hand-written softmax beats log_softmax (measured)
 # Buffers start at 0 and every client starts at step 0, so "is_first_step=False" gives buf = g on step 1.
@@ -228,13 +228,23 @@ class VmapKernel:
         logp_y.copy_(neg_ce.unsqueeze(2))
 
 
-def sgd_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], spec: LocalSpec):
+def fusable(params: list[torch.Tensor]) -> bool:
+    """Whether :func:`sgd_` may take the fused kernel for ``params``: this torch has it, and every tensor is
+    contiguous (torch 2.13's silently mis-steps a strided one, measured)."""
+    return _FUSED_SGD is not None and all(t.is_contiguous() for t in params)
+
+
+def sgd_(
+    params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], spec: LocalSpec,
+    fused: bool | None = None,
+):  # fmt: skip
     """torch.optim.SGD's update on stacked tensors, in place: ``buf ← m·buf + g; p ← p − lr·buf``, where
     ``g`` gains FedProx's ``μ·p`` (``spec.mu``, as SGD's weight decay; the caller adds ``−μ·w_t``).
 
     Uses the fused kernel behind ``torch.optim.SGD(fused=True)`` (one pass over memory instead of three;
-    it may round the last bit differently, ~1e-8) when this torch has it."""
-    if _FUSED_SGD is not None and all(t.is_contiguous() for t in params):  # it mis-steps strided ones (measured)
+    it may round the last bit differently, ~1e-8) when :func:`fusable` (``fused``: the caller's answer for
+    these tensors, asked once for many steps)."""
+    if fusable(params) if fused is None else fused:
         bufs = bufs if spec.momentum else []  # the fused kernel wants no buffers without momentum
         _FUSED_SGD(params, grads, bufs, weight_decay=spec.mu, momentum=spec.momentum, lr=spec.lr, dampening=0.0,
                    nesterov=False, maximize=False, is_first_step=False)  # fmt: skip

@@ -47,7 +47,7 @@ from torch import nn
 
 from .data import FedData
 from .device import on_device
-from .engine_kernels import LinearKernel, VmapKernel, fast_stack, sgd_
+from .engine_kernels import LinearKernel, VmapKernel, fast_stack, fusable, sgd_
 from .engine_plan import Plan, plan_batches, steps_per_epoch
 from .errors import ConfigError
 from .params import state_tensors
@@ -170,9 +170,12 @@ class _Workspace:
         return torch.cat([self.param, self.buffer], 1) - global_vec
 
     def step_views(self, a: int) -> tuple:
-        if a not in self.views:
-            self.views[a] = (self.kernel.views(a), [self.param[:a]], [self.grad[:a]], [self.buf[:a]])
-        return self.views[a]
+        """``(kernel views, [param], [grad], [buf], fusable)`` of the first ``a`` clients."""
+        views = self.views.get(a)
+        if views is None:
+            p = [self.param[:a]]
+            views = self.views[a] = (self.kernel.views(a), p, [self.grad[:a]], [self.buf[:a]], fusable(p))
+        return views
 
 
 _KEEP_BYTES = 16 * 2**20  # a workspace up to this size is kept for the next chunk of its shape
@@ -231,11 +234,11 @@ def _train_chunk(
         small, (p1, p2, p3) = kernel.segment(y_seg, plan.weight[base:end], logp_seg, plan.active[first])
         for t in range(first, last):
             a, lo, hi = plan.active[t], plan.offsets[t] - base, plan.offsets[t + 1] - base
-            v, p_a, g_a, b_a = ws.step_views(a)
+            v, p_a, g_a, b_a, fused = ws.step_views(a)
             kernel(v, x_seg[lo:hi], small, p1[lo:hi], p2[lo:hi], p3[lo:hi])
             if shift is not None:
                 g_a[0].add_(shift[:a])  # c − c_i − μ·w_t; sgd_ adds μ·w as weight decay
-            sgd_(p_a, g_a, b_a, spec)
+            sgd_(p_a, g_a, b_a, spec, fused)
         kernel.finish(small, (p1, p2, p3), y_seg, logp_seg)
     real = (plan.weight > 0).squeeze(2)  # [slots, batch]
     batch_loss = -(logp_y.squeeze(2) * real).sum(1, dtype=torch.float64)  # [slots] Σ cross-entropy of a batch

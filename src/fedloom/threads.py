@@ -16,7 +16,9 @@ core busy, every parallel region waits for the thread that has no core: small GE
    not drop it, since a count's first step may wait for its new threads to get a core (10–19 ms instead of
    ~1 ms for S1's 2-thread warm-up on an idle lab machine, now and then), which one step cannot tell from
    load. Before a count is first tried, the machine's runnable threads
-   are read (:mod:`fedloom.cpuload`, at the measurement's start and again then): a count whose cores other
+   are read (:mod:`fedloom.cpuload`, once 1 thread's step is timed and again then; a run that stops at
+   1 thread reads nothing: the first reading of a process cost ~0.4 ms, a tenth of Seed's first round): a
+   count whose cores other
    processes hold is not tried at all, since beside a busy core even one collapsed step of S1 cost half the
    run's training; the next look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step
    under ``_TINY_STEP`` ends the measurement at 1 thread (nothing to parallelize), and so does one whose
@@ -56,6 +58,7 @@ from .cpuload import others_running, usable_cores
 
 __all__ = ["ThreadTuner", "TunedEngine", "choose", "candidates", "tune_threads", "threads_summary"]
 
+_UNREAD = -1  # _crowd_at_start before its reading
 _DECISIONS: dict[tuple, tuple[float, int]] = {}  # (kernel key, max threads) → (when, threads chosen)
 _TORCH_DEFAULT = torch.get_num_threads()  # read at import, before anyone changes it: one per core by default
 TOLERANCE = 0.10  # fewer threads win unless more threads are >10 % faster (the issue's idle-machine budget)
@@ -191,7 +194,7 @@ class ThreadTuner:
     _slowest: float = 0.0  # seconds of the slowest step timed in the current measurement
     _recheck: float = RECHECK_SECONDS  # training seconds after a decision before measuring again
     _best_step: dict[int, float] = field(default_factory=dict)  # rows → best seconds per row since the decision
-    _crowd_at_start: int | None = None  # crowd() when the measurement started
+    _crowd_at_start: int | None = None  # crowd() once 1 thread was timed (_UNREAD: not yet; None: unknown)
     _skipped: bool = False  # a count was left out of this measurement because other processes held its cores
     _slow_steps: int = 0  # consecutive steps SLOWDOWN× slower than the best of their size (outside a measurement)
     _used: set[int] = field(default_factory=set)  # counts this tuner has run steps at (their threads exist)
@@ -240,11 +243,13 @@ class ThreadTuner:
         self._plan += [(n, False) for _ in range(self.reps - 1) for n in counts]
         self._times = {n: [] for n in counts}
         self._slowest, self._skipped = 0.0, False
-        self._crowd_at_start = self.crowd()
+        self._crowd_at_start = _UNREAD  # read once 1 thread is timed, if the measurement goes on (see step_end)
 
     def _fits(self, n: int) -> bool:
-        """Whether ``n`` threads find free cores: by the count of other runnable threads at the start of the
-        measurement or now, whichever is lower (one reading may catch a passing process)."""
+        """Whether ``n`` threads find free cores: by the count of other runnable threads once 1 thread was timed
+        (read now if not yet) or now, whichever is lower (one reading may catch a passing process)."""
+        if self._crowd_at_start == _UNREAD:
+            self._crowd_at_start = self.crowd()
         readings = [c for c in (self._crowd_at_start, self.crowd()) if c is not None]
         return not readings or min(readings) + n <= self.cores
 
@@ -291,6 +296,8 @@ class ThreadTuner:
             self._times[n].append(seconds)
         if n == 1 and not warm_up and (raw < _TINY_STEP or raw * self.horizon < _SHORT_RUN):
             self._plan = []  # too small to parallelize, or too little left to repay trying: nothing else to time
+        elif n == 1 and not warm_up and self._crowd_at_start == _UNREAD:
+            self._crowd_at_start = self.crowd()  # more counts to try: the first of the two readings _fits takes
         elif n > 1 and not (warm_up and first_use) and seconds > slowest_ok:
             self._plan = [(m, w) for m, w in self._plan if m != n]  # collapsed (a busy core): not tried again
         elif not warm_up and _decisive({m: t for m, t in self._times.items() if m in self._counts_left()}):
