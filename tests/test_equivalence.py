@@ -1,7 +1,8 @@
 """One round, two runtimes: a deployed run (real ``fedloom server`` and ``fedloom client`` processes on
 loopback) gives the simulated run's numbers, round for round, bit for bit — plaintext, a compressed upload
-with error feedback, and packed Paillier secure aggregation. Both use the sequential engine, the one a
-deployed client trains with (the vectorized engine agrees with it to ~1e-6, not bit for bit)."""
+with error feedback under a seeded (randk) broadcast, and packed Paillier secure aggregation. Both use the
+sequential engine, the one a deployed client trains with (the vectorized engine agrees with it to ~1e-6, not
+bit for bit)."""
 
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ def test_plaintext_deployed_equals_simulated(tmp_path):
 
 
 @pytest.mark.slow
-def test_compressed_with_error_feedback_deployed_equals_simulated(tmp_path):
-    _identical(tmp_path, {**BASE, "compression": {"up": "topk:0.01+q8+ef"}})
+def test_compressed_with_error_feedback_and_a_seeded_broadcast_deployed_equals_simulated(tmp_path):
+    # randk's index set comes from the broadcast's seeded stream, which both runtimes must decode with
+    _identical(tmp_path, {**BASE, "compression": {"up": "topk:0.01+q8+ef", "down": "randk:0.5"}})
 
 
 @pytest.mark.slow
