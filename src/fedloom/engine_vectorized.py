@@ -23,7 +23,8 @@ Two ways to compute a step's gradients (:mod:`fedloom.engine_kernels`):
 
 - **Linear/[BatchNorm1d]/ReLU stacks** (``fnn``, ``mlp``, ``mlp_bn``, ``logreg``): hand-written batched
   forward/backward with ``baddbmm``/``bmm`` and the softmax-cross-entropy gradient ``(softmax(z) − onehot(y))·w``
-  written out (about 2× faster than ``vmap(grad)`` here, measured on the lab's CPU). BatchNorm normalizes
+  (log_softmax's own backward for small logits, the softmax written out for large ones; about 2× faster than
+  ``vmap(grad)`` here, measured on the lab's CPU). BatchNorm normalizes
   over each client's real rows and updates the client's stacked running statistics, which travel in the
   diff like parameters (:mod:`fedloom.params`); a trailing one-row batch is skipped, as in the reference.
 - **Anything else without buffers or dropout** (``cnn``): ``torch.func.vmap(grad(loss))`` over
