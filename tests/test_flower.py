@@ -34,6 +34,8 @@ from fedloom.flower.fingerprint import config_diff, config_hash, federation_dict
 from fedloom.flower.local import LocalFederation  # noqa: E402
 from fedloom.flower.protocol import VERSION, ProtocolError, pack, unpack  # noqa: E402
 from fedloom.flower.worker import ClientWorker  # noqa: E402
+from fedloom.local_algorithm import straggler_plan  # noqa: E402
+from fedloom.round import Task  # noqa: E402
 from fedloom.simulation import Federation, run_federation  # noqa: E402
 
 SMALL = {
@@ -138,6 +140,44 @@ def test_worker_trains_like_the_core_client_and_repeats_a_round_exactly():
     again = worker.handle("train", req)
     assert again["payload"] == first["payload"]
     assert torch.equal(worker.channel.state_dict()["1"], fed.channel.state_dict()["1"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"compression": {"down": "randk:0.5", "up": "q8"}},
+        {"compression": {"down": "q4", "up": "topk:0.3+ef"}},
+        {"algorithm": {"name": "fedprox", "mu": 0.1}, "compression": {"down": "fp16"}},
+        {"algorithm": "scaffold", "runtime": {"stragglers": 0.5, "straggler_work": "partial"}},
+        {"algorithm": "fednova", "runtime": {"stragglers": 0.5, "straggler_work": "partial"}},
+    ],
+    ids=["randk-down", "q4-down-topk-ef-up", "fedprox-fp16-down", "scaffold-stragglers", "fednova-stragglers"],
+)
+def test_a_deployed_client_answers_what_the_simulated_client_answers(extra):
+    """One round's answers, client by client: the worker a deployed client runs against the simulation's cohort,
+    from the same broadcast and task (payload bytes, rows, steps, control bytes; the sequential engine, which
+    both train with bit for bit). A seeded down codec once made them differ (the simulation decoded the
+    broadcast with an upload's context)."""
+    raw = {**SMALL, **extra, "no_models": 4, "k": 4, "runtime": {**SMALL["runtime"], **extra.get("runtime", {})}}
+    raw["runtime"]["engine"] = "sequential"
+    cfg = build_config(raw)
+    fed = Federation.build(cfg)
+    rnd = 2
+    cohort = fed.server.sample(rnd)
+    epochs, dropped = straggler_plan(cfg, rnd, cohort)
+    task = Task(epochs, fed.round._control_down())
+    down = fed.channel.broadcast(fed.server.global_vec, rnd)
+    replies = fed.cohort.train(rnd, [c for c in cohort if c not in dropped], down, task)
+    assert len(replies.answers) >= 2 and not replies.failed
+    for a in replies.answers:
+        worker = ClientWorker(cfg, a.client, log=lambda s: None)
+        req = {"v": VERSION, "config_hash": config_hash(cfg), "round": rnd, "payload": down,
+               "epochs": task.epochs.get(a.client, cfg.local_epochs), "control": task.control}  # fmt: skip
+        got = worker.handle("train", req)
+        assert got["ok"], got["reason"]
+        assert (got["payload"], got["num_samples"], got["steps"], got["control"]) == (
+            a.payload, a.num_samples, a.steps, a.control
+        ), a.client  # fmt: skip
 
 
 def test_worker_refuses_a_server_with_another_config():
