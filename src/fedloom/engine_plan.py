@@ -36,6 +36,8 @@ class Plan:
     offsets: list[int]  # [steps + 1]
 
     def to(self, device: torch.device) -> Plan:
+        if device.type == "cpu" and self.rows.device.type == "cpu":
+            return self
         t = [x.to(device) for x in (self.rows, self.y, self.weight, self.owner)]
         return Plan(*t, self.active, self.offsets)
 
@@ -109,8 +111,9 @@ def plan_batches(
     first, n = part.offsets[clients], part.offsets[np.add(clients, 1)] - part.offsets[clients]  # [clients]
     perms = []  # the reference's draws: per client a generator from client_seed, one randperm per epoch
     seeds = cohort_seeds(seed, round, clients, _SHUFFLE_TAG, part.num_clients)  # = client_seed of each
+    gen = torch.Generator()  # reseeded per client: its state is the seed's, as a fresh generator's would be
     for s, n_c in zip(seeds.tolist(), n.tolist()):
-        gen = torch.Generator().manual_seed(s)
+        gen.manual_seed(s)
         perms += [torch.randperm(n_c, generator=gen) for _ in range(E)]
     local = torch.cat(perms).numpy() if perms else np.zeros(0, np.int64)  # [Σ_c E·n_c] positions in shards
     lay = layout(n, B, E, skip_single)
