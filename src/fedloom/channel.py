@@ -47,7 +47,7 @@ class Channel:
         return self.up_codec.name + ("+ef" if self.ef is not None else "")
 
     def broadcast(self, global_vec: torch.Tensor, round: int) -> bytes:
-        """The broadcast payload of ``global_vec`` (the round's; the clients decode it)."""
+        """The round's broadcast payload of ``global_vec`` (clients decode it with :meth:`receive`)."""
         return self.down_codec.encode(global_vec, CodecContext(self.layout, BROADCAST_ID, round, self.seed, down=True))
 
     def receive(self, payload: bytes, round: int) -> torch.Tensor:

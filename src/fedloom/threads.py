@@ -15,10 +15,9 @@ core busy, every parallel region waits for the thread that has no core: small GE
    collapsed count costs one step, two the first time the tuner tries it: its first warm-up step alone does
    not drop it, since a count's first step may wait for its new threads to get a core (10–19 ms instead of
    ~1 ms for S1's 2-thread warm-up on an idle lab machine, now and then), which one step cannot tell from
-   load. Before a count is first tried, the machine's runnable threads
-   are read (:mod:`fedloom.cpuload`, once 1 thread's step is timed and again then; a run that stops at
-   1 thread reads nothing: the first reading of a process cost ~0.4 ms, a tenth of Seed's first round): a
-   count whose cores other
+   load. Before a count is first tried, the machine's runnable threads are read (:mod:`fedloom.cpuload`,
+   once 1 thread's step is timed and again then; a run that stops at 1 thread reads nothing: the first
+   reading of a process cost ~0.4 ms, a tenth of Seed's first round): a count whose cores other
    processes hold is not tried at all, since beside a busy core even one collapsed step of S1 cost half the
    run's training; the next look comes soon (``_RECHECK_CROWDED``), as it costs nothing. A 1-thread step
    under ``_TINY_STEP`` ends the measurement at 1 thread (nothing to parallelize), and so does one whose
