@@ -147,11 +147,23 @@ def test_worker_trains_like_the_core_client_and_repeats_a_round_exactly():
     [
         {"compression": {"down": "randk:0.5", "up": "q8"}},
         {"compression": {"down": "q4", "up": "topk:0.3+ef"}},
+        {"compression": {"down": "mask:0.5", "up": "layers:0.5"}},
+        {"compression": {"down": "topk:0.5+q8", "up": "randk:0.3+q4"}},
+        {"compression": {"up": "sign+ef"}},
         {"algorithm": {"name": "fedprox", "mu": 0.1}, "compression": {"down": "fp16"}},
         {"algorithm": "scaffold", "runtime": {"stragglers": 0.5, "straggler_work": "partial"}},
         {"algorithm": "fednova", "runtime": {"stragglers": 0.5, "straggler_work": "partial"}},
     ],
-    ids=["randk-down", "q4-down-topk-ef-up", "fedprox-fp16-down", "scaffold-stragglers", "fednova-stragglers"],
+    ids=[
+        "randk-down",
+        "q4-down-topk-ef-up",
+        "mask-down-layers-up",
+        "topk-q8-down-randk-q4-up",
+        "sign-ef-up",
+        "fedprox-fp16-down",
+        "scaffold-stragglers",
+        "fednova-stragglers",
+    ],  # fmt: skip
 )
 def test_a_deployed_client_answers_what_the_simulated_client_answers(extra):
     """One round's answers, client by client: the worker a deployed client runs against the simulation's cohort,
